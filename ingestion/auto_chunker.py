@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Split a transcript into parts at natural boundaries: STEM_01.txt, STEM_02.txt, ... under
+$CHECKPOINT_DIR/splits/. Put together, the parts are exactly the original text.
+
+If the file is pending or failed in the queue, its parts replace it there; chunks
+from a part keep the original file as their source."""
+import os
+import sys
+
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, not ingestion/
+
+from pathlib import Path  # noqa: E402
+
+from ingestion import cli, file_queue, settings, splitter, state, textfile  # noqa: E402
+from ingestion.errors import ConfigError  # noqa: E402
+from ingestion.runner import allowed_roots  # noqa: E402
+from ingestion.store import source_key  # noqa: E402
+
+SETTINGS = ["TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "SPLIT_PARTS", "LOG_LEVEL"]
+
+
+def main() -> int:
+    p = cli.parser("auto_chunker.py", __doc__, SETTINGS)
+    p.add_argument("file", help="the transcript to split")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--parts", type=int, help="number of parts (default: SPLIT_PARTS)")
+    how.add_argument("--max-tokens", type=int, help="at most this many tokens per part instead")
+    args = p.parse_args()
+    cfg = settings.load()
+    path = os.path.abspath(args.file)
+    if not textfile.is_allowed(Path(path), allowed_roots(cfg)):
+        raise ConfigError(f"{path} is outside TRANSCRIPTS_DIR ({cfg.transcripts_dir}); not splitting it")
+    if args.parts is not None and args.parts < 2 or args.max_tokens is not None and args.max_tokens < 1:
+        raise ConfigError("--parts must be at least 2 and --max-tokens at least 1")
+    with state.transaction(cfg) as (q, _):
+        original = file_queue.original_of(q, path)
+        where = file_queue.where(q, path)
+    if where == "processing":
+        raise ConfigError(f"{path} is being processed right now; split it when it is not")
+    info = textfile.inspect(Path(path))
+    parts = splitter.split_file(Path(path), cfg.splits_dir / source_key(original),
+                                parts=None if args.max_tokens else (args.parts or cfg.split_parts),
+                                max_tokens=args.max_tokens)
+    for part in parts:
+        print(part)
+    if where in ("pending", "failed") and len(parts) > 1:
+        with state.transaction(cfg) as (q, _):
+            if original == path:
+                file_queue.info(q, path)["sha256"] = info.sha256
+            file_queue.replace_with_parts(q, path, [str(x) for x in parts], original)
+        print(f"{len(parts)} parts replace {path} in the queue", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

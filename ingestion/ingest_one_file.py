@@ -1,0 +1,32 @@
+#!/usr/bin/env python3
+"""Ingest one file: claim the first pending file (or PATH), chunk, embed, store, record."""
+import os
+import sys
+
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, not ingestion/
+
+from ingestion import cli, runner, settings  # noqa: E402
+
+SETTINGS = ["TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST",
+            "CHROMA_PORT", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MAX_RETRIES", "OPENAI_TIMEOUT",
+            "EMBEDDING_MODEL", "EMBEDDING_DIMENSIONS", "CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS",
+            "EMBED_BATCH_SIZE", "EMBED_CONCURRENCY", "MAX_ATTEMPTS", "MEMORY_LIMIT_MB", "SPLIT_PARTS",
+            "SPLIT_MIN_BYTES", "LOG_LEVEL", "LOG_FORMAT"]
+
+
+def main() -> int:
+    p = cli.parser("ingest_one_file.py", __doc__ + "\n\nAn empty queue is not an error: it says so and "
+                   "exits 0. Chunks already stored are not embedded again, so a resumed file costs "
+                   "nothing twice.", SETTINGS)
+    p.add_argument("path", nargs="?", help="a file under TRANSCRIPTS_DIR (default: the first pending file)")
+    p.add_argument("--claimed", action="store_true",
+                   help="PATH was already claimed by process_queue_worker.py (internal)")
+    args = p.parse_args()
+    if args.claimed and not args.path:
+        p.error("--claimed needs PATH")
+    cfg = settings.load()
+    return runner.ingest_one(cfg, args.path, claimed=args.claimed, stop=runner.StopFlag().install())
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,25 @@
+#!/usr/bin/env python3
+"""Work through the queue, each file in its own subprocess, MAX_ITERATIONS files a run."""
+import os
+import sys
+
+sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, not ingestion/
+
+from ingestion import cli, runner, settings, worker  # noqa: E402
+
+SETTINGS = ["TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST",
+            "CHROMA_PORT", "OPENAI_API_KEY", "OPENAI_BASE_URL", "EMBEDDING_MODEL", "MAX_ITERATIONS",
+            "LEASE_SECONDS", "MEMORY_LIMIT_MB", "SPLIT_PARTS", "SPLIT_MIN_BYTES", "LOG_LEVEL", "LOG_FORMAT"]
+
+
+def main() -> int:
+    p = cli.parser("process_queue_worker.py", __doc__ + "\n\n" + worker.__doc__.split("\n\n", 1)[1],
+                   SETTINGS)
+    p.add_argument("--max-iterations", type=int, help="overrides MAX_ITERATIONS (0: until the queue is empty)")
+    args = p.parse_args()
+    cfg = settings.load({"MAX_ITERATIONS": args.max_iterations})
+    return worker.run(cfg, cfg.max_iterations, runner.StopFlag().install())
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,184 @@
+"""Every setting the pipeline reads: its name, default, meaning and parsing.
+
+Settings come from the environment, and from a `.env` file (python-dotenv) in the
+working directory or the project root; a variable already set in the environment
+wins over `.env`. Command-line flags override both.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingestion.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+
+
+# One line a setting. The README's configuration table is checked against this list.
+SETTINGS = [
+    Setting("TRANSCRIPTS_DIR", "/app/10K2Kv2", "folder scanned recursively for *.txt"),
+    Setting("CHECKPOINT_DIR", "/app/checkpoints",
+            "holds file_queue.json, checkpoint.json and split parts (splits/)"),
+    Setting("CHROMA_PATH", "/app/chroma_db", "embedded ChromaDB directory (PersistentClient)"),
+    Setting("CHROMA_COLLECTION", "transcripts", "collection name (cosine space)"),
+    Setting("CHROMA_HOST", None, "when set, use a Chroma server (HttpClient) instead of CHROMA_PATH"),
+    Setting("CHROMA_PORT", "8000", "Chroma server port"),
+    Setting("CHROMA_SSL", "false", "use https to reach the Chroma server"),
+    Setting("CHROMA_AUTH_TOKEN", None, "bearer token sent to the Chroma server, if it needs one"),
+    Setting("OPENAI_API_KEY", None, "the OpenAI SDK's own variable; required to embed"),
+    Setting("OPENAI_BASE_URL", None, "the OpenAI SDK's own variable (an OpenAI-compatible server)"),
+    Setting("OPENAI_MAX_RETRIES", "5", "SDK retries per request (429, 5xx, timeouts) before a file is requeued"),
+    Setting("OPENAI_TIMEOUT", "60", "seconds before one embeddings request times out"),
+    Setting("EMBEDDING_MODEL", "text-embedding-3-small", "OpenAI embeddings model"),
+    Setting("EMBEDDING_DIMENSIONS", None, "shorter vectors (text-embedding-3 only); unset: the model's default"),
+    Setting("CHUNK_MAX_TOKENS", "500", "hard upper bound per chunk (tiktoken cl100k_base)"),
+    Setting("CHUNK_OVERLAP_TOKENS", "50", "tokens of the previous chunk repeated at the start of the next"),
+    Setting("EMBED_BATCH_SIZE", "10", "chunks per embeddings request (at most 2048)"),
+    Setting("EMBED_CONCURRENCY", "4", "embeddings requests in flight at once"),
+    Setting("MAX_ITERATIONS", "1", "files per worker run; 0 means until the queue is empty"),
+    Setting("WORKER_SHARD", None, "i/N: this worker takes only the files whose path hash falls in shard i of N"),
+    Setting("MAX_ATTEMPTS", "3", "tries per file after transient API errors before it is failed"),
+    Setting("LEASE_SECONDS", "3600", "a processing entry whose lease is this old (and not renewed) is stale"),
+    Setting("MEMORY_LIMIT_MB", None, "when set, an ingesting process above this RSS counts as out of memory"),
+    Setting("SPLIT_PARTS", "4", "parts a file is split into after running out of memory"),
+    Setting("SPLIT_MIN_BYTES", "65536", "a part this small that still runs out of memory is failed"),
+    Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    Setting("LOG_FORMAT", "text", "text, or json for log platforms (one JSON object a line)"),
+]
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+_dotenv_loaded = False
+
+
+def load_dotenv_once() -> None:
+    """Read `.env` from the working directory, else the project root (environment wins)."""
+    global _dotenv_loaded
+    if _dotenv_loaded:
+        return
+    _dotenv_loaded = True
+    from dotenv import load_dotenv
+
+    for candidate in (Path.cwd() / ".env", PROJECT_ROOT / ".env"):
+        if candidate.is_file():
+            load_dotenv(candidate, override=False)
+            break
+
+
+def raw(name: str) -> str | None:
+    """The setting's value as text: environment (or .env), else its default."""
+    load_dotenv_once()
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return _BY_NAME[name].default
+    return value.strip()
+
+
+def _int(name: str, minimum: int = 0, maximum: int | None = None) -> int:
+    text = raw(name)
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _bool(name: str) -> bool:
+    return (raw(name) or "").lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Config:
+    transcripts_dir: Path
+    checkpoint_dir: Path
+    chroma_path: Path
+    chroma_collection: str
+    chroma_host: str | None
+    chroma_port: int
+    chroma_ssl: bool
+    chroma_auth_token: str | None
+    embedding_model: str
+    embedding_dimensions: int | None
+    chunk_max_tokens: int
+    chunk_overlap_tokens: int
+    embed_batch_size: int
+    embed_concurrency: int
+    max_iterations: int
+    max_attempts: int
+    lease_seconds: int
+    memory_limit_mb: int | None
+    split_parts: int
+    split_min_bytes: int
+    openai_max_retries: int
+    openai_timeout: float
+
+    @property
+    def queue_path(self) -> Path:
+        return self.checkpoint_dir / "file_queue.json"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.checkpoint_dir / "checkpoint.json"
+
+    @property
+    def splits_dir(self) -> Path:
+        return self.checkpoint_dir / "splits"
+
+
+def load(overrides: dict[str, str | None] | None = None) -> Config:
+    """Build the Config from environment, `.env` and flag overrides (name -> value)."""
+    load_dotenv_once()
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            os.environ[name] = str(value)
+    max_tokens = _int("CHUNK_MAX_TOKENS", 16, 8192)
+    overlap = _int("CHUNK_OVERLAP_TOKENS", 0)
+    if overlap >= max_tokens // 2:
+        raise ConfigError(
+            f"CHUNK_OVERLAP_TOKENS ({overlap}) must be less than half of CHUNK_MAX_TOKENS ({max_tokens})")
+    memory = raw("MEMORY_LIMIT_MB")
+    dims = raw("EMBEDDING_DIMENSIONS")
+    return Config(
+        transcripts_dir=Path(raw("TRANSCRIPTS_DIR")).expanduser().absolute(),
+        checkpoint_dir=Path(raw("CHECKPOINT_DIR")).expanduser().absolute(),
+        chroma_path=Path(raw("CHROMA_PATH")).expanduser().absolute(),
+        chroma_collection=raw("CHROMA_COLLECTION"),
+        chroma_host=raw("CHROMA_HOST"),
+        chroma_port=_int("CHROMA_PORT", 1, 65535),
+        chroma_ssl=_bool("CHROMA_SSL"),
+        chroma_auth_token=raw("CHROMA_AUTH_TOKEN"),
+        embedding_model=raw("EMBEDDING_MODEL"),
+        embedding_dimensions=_int("EMBEDDING_DIMENSIONS", 1) if dims else None,
+        chunk_max_tokens=max_tokens,
+        chunk_overlap_tokens=overlap,
+        embed_batch_size=_int("EMBED_BATCH_SIZE", 1, 2048),
+        embed_concurrency=_int("EMBED_CONCURRENCY", 1, 64),
+        max_iterations=_int("MAX_ITERATIONS", 0),
+        max_attempts=_int("MAX_ATTEMPTS", 1),
+        lease_seconds=_int("LEASE_SECONDS", 10),
+        memory_limit_mb=_int("MEMORY_LIMIT_MB", 1) if memory else None,
+        split_parts=_int("SPLIT_PARTS", 2, 100),
+        split_min_bytes=_int("SPLIT_MIN_BYTES", 1),
+        openai_max_retries=_int("OPENAI_MAX_RETRIES", 0, 20),
+        openai_timeout=float(_int("OPENAI_TIMEOUT", 1)),
+    )
+
+
+def help_table(names: list[str]) -> str:
+    """Settings as `--help` epilog lines: NAME (default: X) meaning."""
+    lines = ["settings (environment variables, also read from .env):"]
+    for name in names:
+        s = _BY_NAME[name]
+        default = s.default if s.default is not None else "unset"
+        lines.append(f"  {name:<22} {s.help} (default: {default})")
+    return "\n".join(lines)

@@ -1,0 +1,176 @@
+"""The queue worker: one subprocess per file, so memory is given back after each.
+
+Before work: builds the queue if there is none, returns stale `processing` entries
+(owner gone, or lease expired) to pending, and finishes split files whose parts
+are all stored. Then, MAX_ITERATIONS times (0: until the queue is empty), claims a
+file and runs `ingest_one_file.py --claimed FILE` for it.
+
+When a child dies without recording an outcome:
+- killed by SIGKILL: the kernel's OOM killer is the usual cause. With cgroup
+  evidence (memory.events oom_kill went up) or on the file's second kill, it is
+  split and its parts are queued; a first kill without evidence just requeues it
+  (a kill -9 by hand should not change how a file is chunked);
+- any other death: the file fails with the exit status as its reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingestion import file_queue, runner, scan, state
+from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUG, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_MEMORY,
+                              EXIT_OK, ConfigError)
+from ingestion.settings import Config, raw
+
+log = logging.getLogger("ingestion")
+INGEST_SCRIPT = Path(__file__).resolve().parent / "ingest_one_file.py"
+GRACE_SECONDS = 25  # Render waits 30 s between SIGTERM and SIGKILL
+CGROUP_EVENTS = Path("/sys/fs/cgroup/memory.events")
+
+
+@dataclass
+class Tally:
+    runs: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, outcome: str) -> None:
+        self.runs += 1
+        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+
+def shard_filter(spec: str | None):
+    """WORKER_SHARD=i/N: accept only paths whose hash falls in shard i (0-based) of N."""
+    if not spec:
+        return lambda p: True
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise ConfigError(f"WORKER_SHARD must look like i/N with 0 <= i < N, got {spec!r}") from None
+    return lambda p: int(hashlib.sha256(p.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % n == i
+
+
+def oom_kills() -> int | None:
+    try:
+        for line in CGROUP_EVENTS.read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def prepare(cfg: Config) -> None:
+    """Queue if missing; stale leases back to pending; finished split files completed."""
+    if not cfg.queue_path.exists():
+        summary, q = scan.refresh(cfg)
+        print(summary.line(q))
+    with state.transaction(cfg) as (q, _):
+        stale = file_queue.release_stale(q, cfg.lease_seconds)
+        ready = [p for p, e in q["files"].items()
+                 if e.get("parts") and all(file_queue.where(q, x) == "completed" for x in e["parts"])]
+    for path in stale:
+        log.warning("returned %s to pending: its process is gone or its lease expired", path)
+    for original in ready:
+        runner.finalize_split(cfg, original)
+
+
+def run(cfg: Config, max_iterations: int, stop: runner.StopFlag) -> int:
+    runner.check_ready(cfg)
+    accept = shard_filter(raw("WORKER_SHARD"))
+    prepare(cfg)
+    tally = Tally()
+    code = EXIT_OK
+    api_down = 0
+    while (max_iterations == 0 or tally.runs < max_iterations) and not stop():
+        with state.transaction(cfg) as (q, _):
+            path = file_queue.claim(q, accept=accept)
+        if path is None:
+            break
+        oom_before = oom_kills() or 0
+        rc = _run_child(cfg, path, stop)
+        outcome = _after_child(cfg, path, rc, stop, oom_seen=(oom_kills() or 0) > oom_before)
+        tally.add(outcome)
+        if rc == EXIT_AUTH:
+            code = EXIT_AUTH
+            break
+        if rc == EXIT_CONFIG:
+            code = EXIT_CONFIG
+            break
+        api_down = api_down + 1 if rc == EXIT_API_DOWN else 0
+        if api_down >= 2:
+            log.error("the embeddings API failed for two files in a row; stopping this run (files requeued)")
+            code = EXIT_API_DOWN
+            break
+    if stop():
+        code = EXIT_INTERRUPTED
+    with state.transaction(cfg) as (q, _):
+        counts = file_queue.counts(q)
+    done = ", ".join(f"{n} {k}" for k, n in sorted(tally.outcomes.items())) or "none"
+    print(f"worker: {tally.runs} files run ({done}); queue: pending {counts['pending']}, "
+          f"processing {counts['processing']}, completed {counts['completed']}, failed {counts['failed']}")
+    return code
+
+
+def _run_child(cfg: Config, path: str, stop: runner.StopFlag) -> int:
+    """Run the child for path; on SIGTERM forward it, and kill the child after the grace period."""
+    child = subprocess.Popen([sys.executable, str(INGEST_SCRIPT), "--claimed", path], start_new_session=True)
+    with state.transaction(cfg) as (q, _):
+        lease = file_queue.info(q, path).get("lease")
+        if lease is not None:
+            lease["child_pid"] = child.pid
+    forwarded_at = None
+    while True:
+        try:
+            return child.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            pass
+        if stop() and forwarded_at is None:
+            child.send_signal(signal.SIGTERM)
+            forwarded_at = time.monotonic()
+        elif forwarded_at is not None and time.monotonic() - forwarded_at > GRACE_SECONDS:
+            child.kill()
+
+
+def _after_child(cfg: Config, path: str, rc: int, stop: runner.StopFlag, oom_seen: bool) -> str:
+    """Make sure the file left processing; returns the outcome's name."""
+    with state.transaction(cfg) as (q, _):
+        where = file_queue.where(q, path)
+        lease = file_queue.info(q, path).get("lease") or {}
+        ours = where == "processing" and lease.get("pid") == os.getpid()
+        if not ours:
+            return {"completed": "completed", "failed": "failed", "pending": "requeued",
+                    None: "split"}.get(where, where or "split")
+        if rc == -signal.SIGKILL:
+            entry = file_queue.info(q, path)
+            entry["kills"] = entry.get("kills", 0) + 1
+            if not oom_seen and entry["kills"] < 2:
+                file_queue.release(q, path)
+                log.warning("%s: its process was killed (SIGKILL); requeued (a second kill splits it)", path)
+                return "requeued"
+        elif rc in (-signal.SIGTERM, EXIT_INTERRUPTED) or stop():
+            file_queue.release(q, path)
+            return "released"
+        elif rc != EXIT_MEMORY:
+            reason = f"ingest_one_file.py exited with {_describe(rc)} without recording an outcome"
+            file_queue.fail(q, path, reason)
+            log.error("failed %s: %s", path, reason)
+            return "failed"
+    runner.split_after_oom(cfg, path, f"process {_describe(rc)}")
+    return "split"
+
+
+def _describe(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"signal {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit code {rc}"

@@ -1,0 +1,199 @@
+"""The user's path end to end: generate the queue, run the worker, optimize, re-run, edit."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import tiktoken
+
+from conftest import API_KEY, SAMPLE_TRANSCRIPT
+
+ENC = tiktoken.get_encoding("cl100k_base")
+REQUIRED = {"source": str, "chunk_index": int, "token_count": int, "content_sha256": str, "file_sha256": str}
+
+
+def test_full_run_stores_every_file_within_the_token_bound(project, api):
+    real = project.add_real()
+    sample = project.add("meetings/2024/harbour.txt", SAMPLE_TRANSCRIPT)
+    result = project.ingest_all()
+
+    q = project.queue
+    assert sorted(q["completed"]) == sorted(str(p) for p in real + [sample])
+    assert q["pending"] == q["processing"] == q["failed"] == []
+    assert "3 completed" in result.stdout
+    chunks = project.chunks()
+    sources = {m["source"] for _, m in chunks.values()}
+    assert sources == {str(p) for p in real + [sample]}
+    for doc, meta in chunks.values():
+        assert len(ENC.encode_ordinary(doc)) <= 500
+        assert meta["token_count"] == len(ENC.encode_ordinary(doc))
+        for key, kind in REQUIRED.items():
+            assert isinstance(meta[key], kind), key
+    # every token the API saw belongs to a stored chunk: nothing embedded twice
+    assert api.stats()["tokens"] == sum(m["token_count"] for _, m in chunks.values())
+    # the sample carries timestamps and speakers
+    sample_chunks = [m for _, m in chunks.values() if m["source"] == str(sample)]
+    assert sample_chunks[0]["start_time"] == "00:00:01"
+    assert {"ALICE", "BOB", "CAROL"} <= set(sample_chunks[0]["speakers"].split(", "))
+    done = project.checkpoint["processed_files"]
+    assert set(done) == {str(p) for p in real + [sample]}
+    assert all(d["status"] == "completed" and d["timestamp"] for d in done.values())
+
+
+def test_rerun_makes_no_request_and_changes_nothing(project, api):
+    project.add_real()
+    project.ingest_all()
+    before = project.content()
+    api.reset()
+
+    gen = project.run("generate_file_queue.py")
+    assert "0 new, 0 changed, 2 unchanged" in gen.stdout
+    again = project.ingest_all()
+    assert "0 files run" in again.stdout
+    assert api.stats()["requests"] == 0
+    assert project.content() == before
+
+
+def test_edited_file_is_the_only_one_reembedded_and_its_old_chunks_go(project, api):
+    real = project.add_real()
+    project.ingest_all()
+    old_ids = {i for i, (_, m) in project.chunks().items() if m["source"] == str(real[0])}
+    api.reset()
+
+    text = real[0].read_text()
+    edited = text.replace("Anti-Injunction Act", "Tax Anti-Injunction Statute")
+    real[0].write_text("PREFACE: a new opening paragraph.\n\n" + edited)
+    gen = project.run("generate_file_queue.py")
+    assert "1 changed" in gen.stdout
+    project.ingest_all()
+
+    chunks = project.chunks()
+    mine = {i: (d, m) for i, (d, m) in chunks.items() if m["source"] == str(real[0])}
+    assert all("Anti-Injunction Act" not in d for d, _ in mine.values())
+    assert any("Tax Anti-Injunction Statute" in d for d, _ in mine.values())
+    new_tokens = sum(m["token_count"] for i, (_, m) in mine.items() if i not in old_ids)
+    # only chunks whose text changed were sent; the other file was not touched
+    assert 0 < api.stats()["tokens"] <= new_tokens
+    assert all(m["file_sha256"] == project.checkpoint["processed_files"][str(real[0])]["file_sha256"]
+               for _, m in mine.values())
+
+
+def test_optimize_removes_duplicates_flags_chunks_and_is_idempotent(project, api):
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    project.add("copy/a-again.txt", SAMPLE_TRANSCRIPT)
+    project.add("b.txt", "DAVE: Something else entirely, about trains and timetables.\n")
+    project.ingest_all()
+    assert len(project.chunks()) == 3  # the copy is stored (its vectors reused), optimize removes it
+
+    dry = project.run("optimize_chromadb.py", "--dry-run")
+    assert dry.returncode == 0 and "would change" in dry.stdout
+    assert all("rag_strict" not in m for _, m in project.chunks().values())
+
+    first = project.run("optimize_chromadb.py")
+    assert first.returncode == 0, first.stderr
+    chunks = project.chunks()
+    texts = [" ".join(d.lower().split()) for d, _ in chunks.values()]
+    assert len(texts) == len(set(texts))
+    assert all(m["rag_strict"] is True and m["source_only"] is True for _, m in chunks.values())
+    stands_for = [m for _, m in chunks.values() if m.get("also_sources")]
+    assert stands_for and all(m["source"].endswith("a.txt") for m in stands_for)
+    assert all(m["also_sources"] == [str(project.transcripts / "copy/a-again.txt")] for m in stands_for)
+
+    second = project.run("optimize_chromadb.py")
+    assert "nothing to change" in second.stdout
+    # the dropped copy still counts as done: nothing is queued or embedded again
+    api.reset()
+    project.run("generate_file_queue.py")
+    project.ingest_all()
+    assert api.stats()["requests"] == 0
+
+
+def test_a_copy_of_a_stored_transcript_costs_no_tokens(project, api):
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    project.ingest_all()
+    paid = api.stats()["tokens"]
+    project.add("b.txt", SAMPLE_TRANSCRIPT)
+    project.ingest_all()
+    assert api.stats()["tokens"] == paid
+    assert {m["source"] for _, m in project.chunks().values()} == {str(project.transcripts / n)
+                                                                   for n in ("a.txt", "b.txt")}
+
+
+def test_missing_key_or_folder_is_one_line_and_leaves_the_queue_alone(project):
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    assert project.run("generate_file_queue.py").returncode == 0
+    before = (project.checkpoints / "file_queue.json").read_bytes()
+
+    for script in ("process_queue_worker.py", "ingest_one_file.py"):
+        r = project.run(script, OPENAI_API_KEY="<unset>")
+        assert r.returncode == 2
+        assert r.stderr.strip().count("\n") == 0 and "OPENAI_API_KEY" in r.stderr, r.stderr
+        r = project.run(script, TRANSCRIPTS_DIR=str(project.root / "nowhere"))
+        assert r.returncode == 2
+        assert r.stderr.strip().count("\n") == 0 and "TRANSCRIPTS_DIR" in r.stderr, r.stderr
+    r = project.run("generate_file_queue.py", TRANSCRIPTS_DIR=str(project.root / "nowhere"))
+    assert r.returncode == 2 and "TRANSCRIPTS_DIR" in r.stderr
+    assert (project.checkpoints / "file_queue.json").read_bytes() == before
+
+
+def test_empty_queue_says_so_and_exits_zero(project):
+    r = project.run("ingest_one_file.py")
+    assert r.returncode == 0
+    assert "queue is empty" in r.stdout
+
+
+def test_max_iterations_limits_files_per_run(project):
+    for n in range(3):
+        project.add(f"t{n}.txt", SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}"))
+    project.run("generate_file_queue.py")
+    r = project.run("process_queue_worker.py")  # MAX_ITERATIONS defaults to 1
+    assert r.returncode == 0
+    assert len(project.queue["completed"]) == 1 and len(project.queue["pending"]) == 2
+    r = project.run("process_queue_worker.py", "--max-iterations", "0")
+    assert len(project.queue["completed"]) == 3
+
+
+def test_ingest_one_file_with_a_path(project):
+    a = project.add("a.txt", SAMPLE_TRANSCRIPT)
+    r = project.run("ingest_one_file.py", str(a))
+    assert r.returncode == 0, r.stderr
+    assert project.queue["completed"] == [str(a)]
+    outside = project.root / "outside.txt"
+    outside.write_text("secret\n")
+    r = project.run("ingest_one_file.py", str(outside))
+    assert r.returncode == 2 and "outside TRANSCRIPTS_DIR" in r.stderr
+
+
+def test_wrong_key_stops_the_run_at_once(project, api):
+    for n in range(3):
+        project.add(f"t{n}.txt", SAMPLE_TRANSCRIPT + f"\nextra {n}\n")
+    project.run("generate_file_queue.py")
+    wrong = "sk-wrong-key-0000000000000000"
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", OPENAI_API_KEY=wrong)
+    assert r.returncode == 5
+    assert api.stats()["status_counts"].get("401") == 1  # one file tried, then the run stopped
+    q = project.queue
+    assert len(q["pending"]) == 3 and q["failed"] == [] and q["processing"] == []
+    assert "OPENAI_API_KEY" in r.stderr and wrong not in r.stdout + r.stderr
+
+
+def test_monitoring_one_liner_reads_the_queue(project):
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    project.ingest_all()
+    path = project.checkpoints / "file_queue.json"
+    one_liner = ("import json; q=json.load(open(%r)); "
+                 "print(f\"Pending: {len(q['pending'])}, Completed: {len(q['completed'])}, "
+                 "Failed: {len(q['failed'])}\")" % str(path))
+    out = subprocess.run([sys.executable, "-c", one_liner], capture_output=True, text=True).stdout
+    assert out.strip() == "Pending: 0, Completed: 1, Failed: 0"
+
+
+def test_key_never_stored(project):
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    project.ingest_all()
+    for f in project.checkpoints.rglob("*"):
+        if f.is_file():
+            assert API_KEY not in f.read_text(errors="replace")
+    for doc, meta in project.chunks().values():
+        assert API_KEY not in doc + json.dumps(meta)

@@ -31,13 +31,18 @@ class FileInfo:
 
 
 def is_allowed(path: Path, roots: list[Path]) -> bool:
-    """True when path, with every symlink resolved, lies inside one of roots."""
+    """True when path, with every symlink resolved, lies inside one of roots (a loop never does)."""
     try:
+        real = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:  # gone or dangling: reading it will say so; judge where it points
         real = Path(os.path.realpath(path))
     except (OSError, RuntimeError):
         return False
-    return any(real == Path(os.path.realpath(r)) or Path(os.path.realpath(r)) in real.parents
-               for r in roots)
+    for root in roots:
+        r = Path(os.path.realpath(root))
+        if real == r or r in real.parents:
+            return True
+    return False
 
 
 def _open(path: Path):

@@ -1,0 +1,186 @@
+"""Unit tests: state files (atomic, locked, backed up), queue moves, reading and splitting files."""
+from __future__ import annotations
+
+import codecs
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from conftest import REAL, SAMPLE_TRANSCRIPT
+from ingestion import file_queue, settings, splitter, state, statefile, textfile
+from ingestion.errors import FileRejected, StateFileError
+
+
+@pytest.fixture
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHECKPOINT_DIR", str(tmp_path / "ck"))
+    monkeypatch.setenv("TRANSCRIPTS_DIR", str(tmp_path / "tx"))
+    return settings.load()
+
+
+def _add_pending(cfg_env, n):
+    os.environ.update(cfg_env)
+    cfg = settings.load()
+    for i in range(n):
+        with state.transaction(cfg) as (q, _):
+            q["pending"].append(f"/x/{os.getpid()}-{i}")
+
+
+def test_concurrent_transactions_lose_no_update(cfg):
+    env = {"CHECKPOINT_DIR": str(cfg.checkpoint_dir), "TRANSCRIPTS_DIR": str(cfg.transcripts_dir)}
+    procs = [multiprocessing.get_context("fork").Process(target=_add_pending, args=(env, 40)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    q = json.loads(cfg.queue_path.read_text())
+    assert len(q["pending"]) == 120 and len(set(q["pending"])) == 120
+
+
+def test_damaged_queue_falls_back_to_its_backup(cfg):
+    with state.transaction(cfg) as (q, _):
+        q["pending"].append("/a")
+    with state.transaction(cfg) as (q, _):
+        q["pending"].append("/b")
+    cfg.queue_path.write_text('{"pending": ["/a", "/b"')  # truncated
+    with state.transaction(cfg) as (q, _):
+        assert q["pending"] == ["/a"]  # the backup: one write older, never an empty reset
+
+
+def test_damaged_queue_without_backup_is_a_clear_error(cfg):
+    cfg.checkpoint_dir.mkdir(parents=True)
+    cfg.queue_path.write_text("not json")
+    with pytest.raises(StateFileError) as e:
+        with state.transaction(cfg):
+            pass
+    assert "file_queue.json" in str(e.value) and "generate_file_queue.py" in str(e.value)
+    assert cfg.queue_path.read_text() == "not json"  # left for the user to look at
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.json"
+    statefile.write_atomic(path, '{"v": 1}')
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StateFileError, match="No space left"):
+        statefile.write_atomic(path, '{"v": 2}')
+    assert json.loads(path.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
+
+
+def test_queue_moves_keep_one_list_per_path():
+    q = file_queue.empty()
+    q["pending"] = ["/a", "/b"]
+    assert file_queue.claim(q) == "/a"
+    assert q["processing"] == ["/a"] and q["files"]["/a"]["lease"]["pid"] == os.getpid()
+    file_queue.fail(q, "/a", "bad")
+    assert q["failed"] == ["/a"] and q["files"]["/a"]["reason"] == "bad"
+    assert file_queue.claim(q, accept=lambda p: p != "/b") is None
+    file_queue.claim(q, "/b")
+    assert file_queue.retry_later(q, "/b", "429", max_attempts=2) is True
+    file_queue.claim(q, "/b")
+    assert file_queue.retry_later(q, "/b", "429", max_attempts=2) is False
+    assert q["failed"] == ["/a", "/b"] and "gave up after 2 attempts" in q["files"]["/b"]["reason"]
+
+
+def test_stale_lease_of_a_dead_process_is_released():
+    q = file_queue.empty()
+    q["pending"] = ["/a"]
+    file_queue.claim(q)
+    q["files"]["/a"]["lease"]["pid"] = 2 ** 22 + 12345  # no such process
+    assert file_queue.release_stale(q, lease_seconds=3600) == ["/a"]
+    assert q["pending"] == ["/a"]
+    file_queue.claim(q)  # a live lease (ours) stays
+    assert file_queue.release_stale(q, lease_seconds=3600) == []
+
+
+def test_other_hosts_lease_expires():
+    lease = {"pid": 1, "host": "elsewhere", "started": 0, "renewed": 1000}
+    assert file_queue.lease_alive(lease, 60, now=1030)
+    assert not file_queue.lease_alive(lease, 60, now=1061)
+
+
+@pytest.mark.parametrize("raw,encoding,text", [
+    (codecs.BOM_UTF8 + "héllo\r\nworld\r".encode(), "utf-8-sig", "héllo\nworld\n"),
+    (codecs.BOM_UTF16_LE + "hé\r\nllo".encode("utf-16-le"), "utf-16", "hé\nllo"),
+    ("café – “quotes”".encode("cp1252"), "cp1252", "café – “quotes”"),
+    (b"plain\rold mac\r", "utf-8", "plain\nold mac\n"),
+])
+def test_encodings_and_line_ends(tmp_path, raw, encoding, text):
+    p = tmp_path / "t.txt"
+    p.write_bytes(raw)
+    info = textfile.inspect(p)
+    assert info.encoding == encoding
+    assert "".join(textfile.iter_text(p, info)) == text
+
+
+def test_crlf_split_across_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(textfile, "READ_BLOCK", 4)
+    p = tmp_path / "t.txt"
+    p.write_bytes(b"abc\r\ndef\r\n")
+    assert "".join(textfile.iter_text(p, textfile.inspect(p))) == "abc\ndef\n"
+
+
+def test_binary_and_unreadable_files_are_rejected(tmp_path):
+    p = tmp_path / "bin.txt"
+    p.write_bytes(b"text\x00more")
+    with pytest.raises(FileRejected, match="binary"):
+        textfile.inspect(p)
+    q = tmp_path / "secret.txt"
+    q.write_text("x")
+    q.chmod(0)
+    if os.geteuid() != 0:  # root reads anything
+        with pytest.raises(FileRejected, match="permission"):
+            textfile.inspect(q)
+
+
+def test_file_changed_while_read_is_detected(tmp_path):
+    p = tmp_path / "t.txt"
+    p.write_text("one")
+    info = textfile.inspect(p)
+    p.write_text("two")
+    with pytest.raises(textfile.FileChanged):
+        list(textfile.iter_text(p, info))
+
+
+def test_symlinks_out_of_the_roots_are_not_allowed(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    (tmp_path / "outside.txt").write_text("x")
+    (root / "in.txt").write_text("x")
+    (root / "link-out.txt").symlink_to(tmp_path / "outside.txt")
+    (root / "link-in.txt").symlink_to(root / "in.txt")
+    (root / "loop.txt").symlink_to(root / "loop.txt")
+    assert textfile.is_allowed(root / "in.txt", [root])
+    assert textfile.is_allowed(root / "link-in.txt", [root])
+    assert not textfile.is_allowed(root / "link-out.txt", [root])
+    assert not textfile.is_allowed(root / "loop.txt", [root])
+    assert not textfile.is_allowed(root / ".." / "outside.txt", [root])
+
+
+@pytest.mark.parametrize("how", [{"parts": 4}, {"max_tokens": 2000}])
+def test_split_parts_put_together_are_the_original(tmp_path, how):
+    src = tmp_path / "case.txt"
+    src.write_bytes(REAL[0].read_bytes().replace(b"\n", b"\r\n"))
+    parts = splitter.split_file(src, tmp_path / "splits", **how)
+    assert len(parts) >= 2
+    assert [p.name for p in parts] == [f"case_{i:02d}.txt" for i in range(1, len(parts) + 1)]
+    assert b"".join(p.read_bytes() for p in parts) == src.read_bytes()
+    if "parts" in how:
+        assert len(parts) == 4
+    else:
+        from ingestion.chunking import count_tokens
+        assert all(count_tokens(p.read_text()) <= 2000 for p in parts)
+
+
+def test_split_prefers_speaker_turns(tmp_path):
+    src = tmp_path / "s.txt"
+    src.write_text((SAMPLE_TRANSCRIPT + "\n") * 40)
+    for part in splitter.split_file(src, tmp_path / "out", parts=3)[1:]:
+        first = part.read_text().lstrip("\n")
+        assert first.startswith(("[", "CAROL:")), first[:40]

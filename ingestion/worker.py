@@ -163,8 +163,7 @@ def _after_child(cfg: Config, path: str, rc: int, stop: runner.StopFlag, oom_see
             file_queue.fail(q, path, reason)
             log.error("failed %s: %s", path, reason)
             return "failed"
-    runner.split_after_oom(cfg, path, f"process {_describe(rc)}")
-    return "split"
+    return "split" if runner.split_after_oom(cfg, path, f"process {_describe(rc)}") else "failed"
 
 
 def _describe(rc: int) -> str:

@@ -127,8 +127,17 @@ class Project:
             SharedSystemClient.clear_system_cache()
 
     def content(self) -> dict:
-        """Stored chunks without timestamps: what must be identical between two runs."""
-        return {i: (d, {k: v for k, v in m.items() if k != "ingested_at"}) for i, (d, m) in self.chunks().items()}
+        """Stored chunks as (source relative to the transcripts folder, text hash) -> (text, metadata),
+        without timestamps: what must be identical between two runs in different folders."""
+        prefix = str(self.transcripts) + "/"
+        out = {}
+        for _, (doc, meta) in self.chunks().items():
+            meta = {k: v for k, v in meta.items() if k != "ingested_at"}
+            meta["source"] = meta["source"].replace(prefix, "")
+            if "also_sources" in meta:
+                meta["also_sources"] = [s.replace(prefix, "") for s in meta["also_sources"]]
+            out[(meta["source"], meta["content_sha256"])] = (doc, meta)
+        return out
 
 
 @pytest.fixture

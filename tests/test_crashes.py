@@ -1,0 +1,214 @@
+"""Kills, OOM kills, SIGTERM and overlapping workers: the store ends as after one clean run.
+
+Real signals to real processes. After each event the worker is run until the queue
+is empty; then the stored content (ids, documents, metadata but timestamps) must
+equal a clean run's, nothing may sit in pending or processing, and the tokens
+sent may exceed a clean run's by at most 10%.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, SAMPLE_TRANSCRIPT, Project
+
+CORPUS = {f"day{n}/session-{n}.txt": "\n\n".join(
+    f"[00:{m:02d}:00] SPEAKER{m % 3}: " + SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}-{m}")
+    for m in range(6)) for n in range(6)}
+SLOW = {"EMBED_BATCH_SIZE": "2", "EMBED_CONCURRENCY": "2"}
+
+
+def fill(project: Project) -> None:
+    for name, text in CORPUS.items():
+        project.add(name, text)
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory, api_server):
+    """Content and tokens of one clean run of CORPUS."""
+    project = Project(tmp_path_factory.mktemp("clean"), api_server)
+    fill(project)
+    api_server.reset()
+    project.ingest_all(**SLOW)
+    tokens = api_server.stats()["tokens"]
+    api_server.reset()
+    return project.content(), tokens
+
+
+def start_worker(project: Project, **env) -> subprocess.Popen:
+    full = {**project.env, "MAX_ITERATIONS": "0", **SLOW, **env}
+    return subprocess.Popen([sys.executable, str(ROOT / "ingestion" / "process_queue_worker.py")], env=full,
+                            cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def child_pid(project: Project, timeout: float = 20) -> int | None:
+    """The pid of the ingest child currently holding a file, once there is one."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            q = project.queue
+        except (OSError, ValueError):
+            q = {"processing": [], "files": {}}
+        for path in q["processing"]:
+            pid = (q["files"].get(path, {}).get("lease") or {}).get("child_pid")
+            if pid:
+                return pid
+        time.sleep(0.02)
+    return None
+
+
+def wait_for_orphans(project: Project, timeout: float = 60) -> None:
+    """After the worker is killed its child finishes on its own; wait for it."""
+    end = time.time() + timeout
+    while time.time() < end:
+        q = project.queue
+        alive = [p for p in q["processing"] if _alive((q["files"][p].get("lease") or {}).get("child_pid"))]
+        if not alive:
+            return
+        time.sleep(0.1)
+
+
+def _alive(pid):
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def finish_and_compare(project: Project, clean, api) -> None:
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", **SLOW)
+    assert r.returncode == 0, r.stdout + r.stderr
+    q = project.queue
+    assert q["pending"] == [] and q["processing"] == [] and q["failed"] == [], q
+    content, clean_tokens = clean
+    assert project.content() == content
+    assert api.stats()["tokens"] <= clean_tokens * 1.10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kill_9_of_the_child_at_random_moments(project, api, clean, seed):
+    rnd = random.Random(seed)
+    fill(project)
+    project.run("generate_file_queue.py")
+    api.set_faults(latency_ms=20)
+    for _ in range(3):
+        worker = start_worker(project)
+        pid = child_pid(project)
+        time.sleep(rnd.uniform(0.0, 2.5))
+        pid = child_pid(project, timeout=1) or pid
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        worker.wait(timeout=120)
+    api.set_faults(latency_ms=0)
+    finish_and_compare(project, clean, api)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_kill_9_of_the_worker_at_random_moments(project, api, clean, seed):
+    rnd = random.Random(100 + seed)
+    fill(project)
+    api.set_faults(latency_ms=20)
+    for _ in range(3):
+        worker = start_worker(project)  # builds the queue itself the first time
+        time.sleep(rnd.uniform(0.3, 4.0))
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        wait_for_orphans(project)
+    api.set_faults(latency_ms=0)
+    finish_and_compare(project, clean, api)
+
+
+def test_oom_kill_splits_the_file_and_finishes_it(project, api):
+    big = project.add("big.txt", "\n\n".join(CORPUS.values()))
+    project.run("generate_file_queue.py")
+    api.set_faults(latency_ms=30)
+    for kill in range(2):  # the OOM killer strikes the same file twice
+        worker = start_worker(project, MAX_ITERATIONS="1", SPLIT_MIN_BYTES="1000")
+        pid = child_pid(project)
+        time.sleep(0.8)
+        os.kill(pid, signal.SIGKILL)
+        out, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+        assert ("requeued" if kill == 0 else "split") in out
+    q = project.queue
+    assert [os.path.basename(p) for p in q["pending"]] == [f"big_0{i}.txt" for i in range(1, 5)]
+    assert all(p.startswith(str(project.checkpoints / "splits")) for p in q["pending"])
+    api.set_faults(latency_ms=0)
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0")
+    assert r.returncode == 0, r.stderr
+    q = project.queue
+    assert q["completed"] == [str(big)] and q["pending"] == q["failed"] == q["processing"] == []
+    chunks = project.chunks()
+    assert chunks and {m["source"] for _, m in chunks.values()} == {str(big)}
+    assert not list((project.checkpoints / "splits").rglob("*.txt"))  # parts cleaned up
+    assert project.checkpoint["processed_files"][str(big)]["split_into"] == 4
+    # every part of the text is stored: each speaker turn's words are found in some chunk
+    stored = " ".join(d for d, _ in chunks.values())
+    for n in range(6):
+        assert f"harbour {n}-5" in stored
+
+
+def test_memory_limit_splits_down_to_the_floor_then_fails_with_a_reason(project, api):
+    big = project.add("big.txt", "\n\n".join(CORPUS.values()))
+    project.run("generate_file_queue.py")
+    # a limit below what Python itself needs: every attempt runs out of memory
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", MEMORY_LIMIT_MB="10",
+                    SPLIT_PARTS="2", SPLIT_MIN_BYTES=str(big.stat().st_size * 2 // 3))
+    assert r.returncode == 0, r.stderr
+    q = project.queue
+    assert q["pending"] == [] and q["processing"] == [] and q["completed"] == []
+    assert len(q["failed"]) == 2 and all("/splits/" in p for p in q["failed"])
+    for p in q["failed"]:
+        assert "MEMORY_LIMIT_MB" in q["files"][p]["reason"] and "SPLIT_MIN_BYTES" in q["files"][p]["reason"]
+    assert "out of memory" in project.checkpoint["failed_files"][str(big)]["reason"]
+    # with memory enough, --retry-failed finishes the parts, then the original
+    project.run("generate_file_queue.py", "--retry-failed")
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0")
+    q = project.queue
+    assert q["completed"] == [str(big)] and q["failed"] == [], q
+
+
+def test_sigterm_releases_or_finishes_the_current_file(project, api, clean):
+    fill(project)
+    project.run("generate_file_queue.py")
+    api.set_faults(latency_ms=40)
+    worker = start_worker(project)
+    assert child_pid(project)
+    time.sleep(1.0)
+    started = time.time()
+    worker.send_signal(signal.SIGTERM)
+    out, err = worker.communicate(timeout=30)
+    assert time.time() - started < 25  # inside Render's 30 s grace period
+    assert worker.returncode == 7, out + err
+    q = project.queue
+    assert q["processing"] == [] and q["failed"] == []
+    api.set_faults(latency_ms=0)
+    finish_and_compare(project, clean, api)
+
+
+def test_three_workers_at_once_process_each_file_once(project, api, clean):
+    fill(project)
+    project.run("generate_file_queue.py")
+    workers = [start_worker(project) for _ in range(3)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0], outputs
+    completions = [line for _, err in outputs for line in err.splitlines() if " INFO completed " in line]
+    assert len(completions) == len(CORPUS)  # no file done twice
+    content, tokens = clean
+    assert project.content() == content
+    assert api.stats()["tokens"] == tokens
+    q = project.queue
+    assert len(q["completed"]) == len(CORPUS) and not q["pending"] and not q["processing"]

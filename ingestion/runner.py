@@ -138,7 +138,7 @@ def _ingest(cfg, embedder, path, original, original_sha, part, stop) -> tuple[Re
         result = ingest(cfg, store, embedder.embed, Path(path), original, file_sha, info, part=part,
                         should_stop=stop, after_batch=renew)
         if result.chunks == 0:
-            raise FileRejected("empty: no text to embed" if info.size else "empty file (0 bytes)")
+            raise FileRejected("empty: no text to embed (" + ("whitespace only)" if info.size else "0 bytes)"))
     return result, file_sha
 
 

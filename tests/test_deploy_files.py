@@ -520,7 +520,16 @@ def start_loop(tmp_path: Path, worker_seconds: float) -> subprocess.Popen:
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
     (bin_dir / "python").chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    return subprocess.Popen(["sh", "-c", words[2]], cwd=tmp_path, env=env)
+    # its own process group, so that cleanup() can end whatever a broken loop leaves behind
+    return subprocess.Popen(["sh", "-c", words[2]], cwd=tmp_path, env=env, start_new_session=True)
+
+
+def cleanup(loop: subprocess.Popen) -> None:
+    try:
+        os.killpg(loop.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    loop.wait(timeout=10)
 
 
 def wait_for(path: Path, seconds: float = 30) -> None:
@@ -552,8 +561,7 @@ def test_worker_loop_passes_sigterm_to_the_worker(tmp_path):
         loop.send_signal(signal.SIGTERM)
         loop.wait(timeout=15)
     finally:
-        if loop.poll() is None:
-            loop.kill()
+        cleanup(loop)
     assert (tmp_path / "released").read_text() == str(int(signal.SIGTERM)), "the worker never got SIGTERM"
 
 
@@ -569,8 +577,8 @@ def test_worker_loop_sleeps_between_runs_and_stops_on_sigterm(tmp_path):
         assert (tmp_path / "generated").read_text() == "x", "one round, then a pause"
         loop.send_signal(signal.SIGTERM)
         loop.wait(timeout=15)
+        time.sleep(0.2)
+        left = [k for k in kids if Path(f"/proc/{k}").exists()]
     finally:
-        if loop.poll() is None:
-            loop.kill()
-    time.sleep(0.2)
-    assert not [k for k in kids if Path(f"/proc/{k}").exists()], "the loop left its sleep running"
+        cleanup(loop)
+    assert not left, "the loop left its sleep running"

@@ -6,76 +6,112 @@ times, honouring `retry-after-ms`). What still fails after that becomes:
 - ApiRejected for 400 (this input is refused for good: the file fails);
 - ApiUnavailable for the rest (the file goes back to pending and is tried later).
 
-Pacing: every answer carries `x-ratelimit-remaining-tokens` and
-`x-ratelimit-reset-tokens`; when the next request would not fit in what remains,
-we wait for the reset instead of sending it and collecting a 429 (rejected
-requests count against the limit too).
+Pacing: the API's `x-ratelimit-*` headers tell the per-minute limits and what
+remains; requests are held back to stay under them (see Pacer) instead of sent
+to collect a 429 (rejected requests count against the limit too).
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import threading
 import time
+from pathlib import Path
 
 import openai
 
 from ingestion.errors import ApiRejected, ApiUnavailable, AuthFailed, ConfigError
 from ingestion.settings import Config
+from ingestion.statefile import locked
 
 log = logging.getLogger(__name__)
 
-_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+(?:\.\d+)?)ms)?$")
-
-
-def parse_duration(text: str | None) -> float:
-    """Seconds in an x-ratelimit-reset-* value such as '1s', '6m0s', '644ms'; 0 when absent."""
-    m = _DURATION.match((text or "").strip())
-    if not text or not m:
-        return 0.0
-    h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mi * 60 + s + ms / 1000
-
-
 class Pacer:
-    """Holds requests back while the API's token or request budget is spent."""
+    """A token bucket for the API's per-minute limits, shared by every process on this machine.
 
-    def __init__(self):
+    It learns the limits from `x-ratelimit-limit-*` and holds a burst of 2% of the
+    limit (or one request, if larger), refilling at (limit - burst) per minute, so
+    no 60-second window ever carries more than the limit; `x-ratelimit-remaining-*` (which counts other users of the
+    key too) can only lower what it thinks is left. The bucket lives in a small
+    JSON file under a lock, because each file is ingested by a new process and
+    several workers may share one key. Until a first answer brings the headers,
+    nothing is held back; what was sent before then is counted as just spent.
+    """
+
+    BURST = 0.02
+
+    @staticmethod
+    def rate(bucket: dict) -> float:
+        """Refill per second: what a minute allows, less the burst the bucket can hold."""
+        return max(bucket["limit"] - bucket["capacity"], bucket["limit"] * 0.05) / 60
+
+    def __init__(self, path: Path | None):
+        self.path = path
         self._lock = threading.Lock()
-        self._remaining_tokens: int | None = None
-        self._remaining_requests: int | None = None
-        self._reset_at = 0.0
+
+    def _update(self, change) -> float:
+        """Apply change(state, now) to the shared state; returns seconds to wait (0: go)."""
+        with self._lock:
+            if self.path is None:
+                return 0.0
+            with locked(self.path.with_suffix(".lock")):
+                try:
+                    state = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    state = {}
+                now = time.time()
+                for kind in ("tokens", "requests"):
+                    b = state.get(kind)
+                    if b:
+                        rate = self.rate(b)
+                        b["level"] = min(b["capacity"], b["level"] + (now - b["at"]) * rate)
+                        b["at"] = now
+                wait = change(state, now)
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(state))
+                os.replace(tmp, self.path)
+                return wait
 
     def before(self, tokens: int) -> None:
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                if now >= self._reset_at:
-                    return
-                short_tokens = self._remaining_tokens is not None and self._remaining_tokens < tokens
-                short_requests = self._remaining_requests is not None and self._remaining_requests < 1
-                if not (short_tokens or short_requests):
-                    if self._remaining_tokens is not None:
-                        self._remaining_tokens -= tokens
-                    if self._remaining_requests is not None:
-                        self._remaining_requests -= 1
-                    return
-                wait = self._reset_at - now
-            log.debug("pacing: waiting %.2fs for the rate limit to reset", wait)
+        def take(state, now):
+            needs = {"tokens": tokens, "requests": 1}
+            waits = []
+            for kind, n in needs.items():
+                b = state.get(kind)
+                if b and b["level"] < min(n, b["capacity"]):
+                    waits.append((min(n, b["capacity"]) - b["level"]) / self.rate(b))
+            if waits:
+                return max(waits)
+            for kind, n in needs.items():
+                if state.get(kind):
+                    state[kind]["level"] -= n
+            return 0.0
+
+        while (wait := self._update(take)) > 0:
+            log.debug("pacing: waiting %.2fs to stay under the rate limit", wait)
             time.sleep(min(wait, 5.0))
 
-    def after(self, headers) -> None:
-        try:
-            tokens = headers.get("x-ratelimit-remaining-tokens")
-            requests = headers.get("x-ratelimit-remaining-requests")
-            reset = max(parse_duration(headers.get("x-ratelimit-reset-tokens")),
-                        parse_duration(headers.get("x-ratelimit-reset-requests")))
-        except (TypeError, ValueError):
-            return
-        with self._lock:
-            self._remaining_tokens = int(tokens) if tokens is not None else None
-            self._remaining_requests = int(requests) if requests is not None else None
-            self._reset_at = time.monotonic() + reset
+    def after(self, headers, tokens: int) -> None:
+        def learn(state, now):
+            for kind, size in (("tokens", tokens), ("requests", 1)):
+                try:
+                    limit = int(headers.get(f"x-ratelimit-limit-{kind}"))
+                    remaining = int(headers.get(f"x-ratelimit-remaining-{kind}"))
+                except (TypeError, ValueError):
+                    continue
+                b = state.get(kind)
+                capacity = max(limit * self.BURST, size)
+                if not b or b["limit"] != limit:
+                    # what the window already holds was sent just now, unpaced: draw it from the bucket
+                    level = capacity - (limit - remaining)
+                    b = state[kind] = {"limit": limit, "capacity": capacity, "level": level, "at": now}
+                b["capacity"] = max(b["capacity"], capacity)
+                b["level"] = min(b["level"], remaining)
+            return 0.0
+
+        self._update(learn)
 
 
 class Embedder:
@@ -86,7 +122,7 @@ class Embedder:
         self.model = cfg.embedding_model
         self.dimensions = cfg.embedding_dimensions
         self.client = openai.OpenAI(api_key=key, max_retries=cfg.openai_max_retries, timeout=cfg.openai_timeout)
-        self.pacer = Pacer()
+        self.pacer = Pacer(cfg.checkpoint_dir / "ratelimit.json")
         self._count_lock = threading.Lock()
         self.requests = 0
         self.tokens_sent = 0
@@ -111,7 +147,7 @@ class Embedder:
         except openai.APIConnectionError as e:
             kind = "timed out" if isinstance(e, openai.APITimeoutError) else "could not be reached"
             raise ApiUnavailable(f"the embeddings API {kind} after {self.client.max_retries} retries") from None
-        self.pacer.after(raw.headers)
+        self.pacer.after(raw.headers, tokens)
         response = raw.parse()
         with self._count_lock:
             self.requests += 1

@@ -481,6 +481,22 @@ def test_guide_names_files_that_exist():
         assert f"`{name}`" in text and (ROOT / name).exists(), name
 
 
+# Messages the guide quotes, as the code writes them (format strings cut at placeholders).
+QUOTED_MESSAGES = [
+    "its process was killed (SIGKILL); requeued (a second kill splits it)", "parts, queued first",
+    "cannot reach the Chroma server at", "the embeddings API refused the key (HTTP",
+    "OPENAI_API_KEY is not set", "is not a folder", "already in the store", "files run (",
+    "stale removed), ", "peak RSS", "chunks checked; ",
+]
+
+
+@pytest.mark.parametrize("message", QUOTED_MESSAGES)
+def test_guide_quotes_messages_the_code_prints(message):
+    code = "".join(p.read_text() for p in sorted((ROOT / "ingestion").glob("*.py")))
+    assert message in GUIDE.read_text(), f"the guide no longer quotes {message!r}: update QUOTED_MESSAGES"
+    assert message in code, f"the guide quotes {message!r}, which the code no longer prints"
+
+
 def test_guide_progress_one_liner_reads_the_queue(tmp_path):
     lines = [line for line in GUIDE.read_text().splitlines() if "json.load(open(" in line]
     assert lines, "the guide must show the progress one-liner"

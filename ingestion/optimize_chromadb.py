@@ -5,7 +5,7 @@ import sys
 
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, not ingestion/
 
-from ingestion import cli, optimize, settings  # noqa: E402
+from ingestion import cli, optimize, progress, settings  # noqa: E402
 from ingestion.store import Store  # noqa: E402
 
 SETTINGS = ["CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST", "CHROMA_PORT", "EMBEDDING_MODEL",
@@ -19,8 +19,8 @@ def main() -> int:
                    help="list at most N chunks whose metadata cannot be fixed (default 20)")
     args = p.parse_args()
     cfg = settings.load()
-    with Store(cfg) as store:
-        report = optimize.optimize(store, dry_run=args.dry_run)
+    with Store(cfg) as store, progress.bar(store.count(), "checking chunks", "chunks") as advance:
+        report = optimize.optimize(store, dry_run=args.dry_run, progress=advance)
     for cid, problem in report.invalid[:args.list_invalid]:
         print(f"invalid {cid}: {problem}")
     print(report.line(args.dry_run))

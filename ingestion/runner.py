@@ -121,7 +121,7 @@ def ingest_one(cfg: Config, path: str | None = None, claimed: bool = False, stop
 
 def _ingest(cfg, embedder, path, original, original_sha, part, stop) -> tuple[Result, str]:
     if not textfile.is_allowed(Path(path), allowed_roots(cfg)):
-        raise FileRejected(f"outside TRANSCRIPTS_DIR and the splits folder (symlink or edited queue); not read")
+        raise FileRejected("outside TRANSCRIPTS_DIR and the splits folder (symlink or edited queue); not read")
     info = textfile.inspect(Path(path))
     file_sha = original_sha or info.sha256
     last_renew = [time.monotonic()]

@@ -7,6 +7,7 @@ files, so a lost queue or checkpoint never costs a re-embedding.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -102,16 +103,24 @@ def _store_records(cfg: Config) -> dict[str, dict]:
         return {}
 
 
-def refresh(cfg: Config, retry_failed: bool = False) -> tuple[Summary, dict]:
-    """Merge the folder into the queue and checkpoint; returns the summary and the new queue."""
+@contextlib.contextmanager
+def _snapshot(cfg: Config):
+    """Like state.transaction, but nothing is written back (dry runs)."""
+    yield state.read(cfg)
+
+
+def refresh(cfg: Config, retry_failed: bool = False, dry_run: bool = False) -> tuple[Summary, dict]:
+    """Merge the folder into the queue and checkpoint; returns the summary and the new queue.
+
+    dry_run: work out the same result without writing anything."""
     summary = Summary()
     files = list(walk(cfg, summary))  # stat results only: small even for 100k files
     summary.found = len(files)
-    with state.transaction(cfg) as (q, c):
-        unknown = [p for p, _ in files if p not in c["processed_files"] and file_queue.where(q, p) is None]
+    q, c = state.read(cfg)
+    unknown = [p for p, _ in files if p not in c["processed_files"] and file_queue.where(q, p) is None]
     stored = _store_records(cfg) if unknown else {}
     on_disk = set()
-    with state.transaction(cfg) as (q, c):
+    with (_snapshot(cfg) if dry_run else state.transaction(cfg)) as (q, c):
         for path, st in files:
             on_disk.add(path)
             _merge(q, c, path, st, stored, summary)
@@ -181,3 +190,29 @@ def _merge(q: dict, c: dict, path: str, st: os.stat_result, stored: dict, summar
     entry.update(size=st.st_size, mtime=st.st_mtime)
     file_queue.move(q, path, "pending")
     summary.new += 1
+
+
+def estimate_tokens(cfg: Config, paths: list[str], progress=None) -> tuple[int, int, list[tuple[str, str]]]:
+    """Tokens and chunks the given files would send, cut exactly as ingestion cuts them (no API call).
+
+    Returns (tokens, chunks, [(path, why)] for files that could not be read)."""
+    from ingestion import chunking
+
+    tokens = chunks = 0
+    unreadable = []
+    seen: set[str] = set()  # identical chunk texts are embedded once
+    for path in paths:
+        try:
+            info = textfile.inspect(Path(path))
+            for c in chunking.iter_chunks(textfile.iter_text(Path(path), info), cfg.chunk_max_tokens,
+                                          cfg.chunk_overlap_tokens):
+                key = hashlib.sha256(c.text.encode("utf-8", "surrogatepass")).hexdigest()
+                chunks += 1
+                if key not in seen:
+                    seen.add(key)
+                    tokens += c.token_count
+        except (textfile.FileRejected, textfile.FileChanged) as e:
+            unreadable.append((path, str(e)))
+        if progress:
+            progress(1)
+    return tokens, chunks, unreadable

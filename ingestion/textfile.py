@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from ingestion.errors import FileRejected
+from ingestion.errors import FileRejected  # noqa: F401  (re-exported for callers)
 
 READ_BLOCK = 1 << 20
 

@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingestion import file_queue, runner, scan, state
-from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUG, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_MEMORY,
-                              EXIT_OK, ConfigError)
+from ingestion import file_queue, progress, runner, scan, state
+from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_MEMORY, EXIT_OK,
+                              ConfigError)
 from ingestion.settings import Config, raw
 
 log = logging.getLogger("ingestion")
@@ -89,26 +89,27 @@ def run(cfg: Config, max_iterations: int, stop: runner.StopFlag) -> int:
     tally = Tally()
     code = EXIT_OK
     api_down = 0
-    while (max_iterations == 0 or tally.runs < max_iterations) and not stop():
-        with state.transaction(cfg) as (q, _):
-            path = file_queue.claim(q, accept=accept)
-        if path is None:
-            break
-        oom_before = oom_kills() or 0
-        rc = _run_child(cfg, path, stop)
-        outcome = _after_child(cfg, path, rc, stop, oom_seen=(oom_kills() or 0) > oom_before)
-        tally.add(outcome)
-        if rc == EXIT_AUTH:
-            code = EXIT_AUTH
-            break
-        if rc == EXIT_CONFIG:
-            code = EXIT_CONFIG
-            break
-        api_down = api_down + 1 if rc == EXIT_API_DOWN else 0
-        if api_down >= 2:
-            log.error("the embeddings API failed for two files in a row; stopping this run (files requeued)")
-            code = EXIT_API_DOWN
-            break
+    with state.transaction(cfg) as (q, _):
+        todo = len(q["pending"])
+    with progress.bar(min(todo, max_iterations or todo), "files", "files") as advance:
+        while (max_iterations == 0 or tally.runs < max_iterations) and not stop():
+            with state.transaction(cfg) as (q, _):
+                path = file_queue.claim(q, accept=accept)
+            if path is None:
+                break
+            oom_before = oom_kills() or 0
+            rc = _run_child(cfg, path, stop)
+            outcome = _after_child(cfg, path, rc, stop, oom_seen=(oom_kills() or 0) > oom_before)
+            tally.add(outcome)
+            advance(1)
+            if rc in (EXIT_AUTH, EXIT_CONFIG):
+                code = rc
+                break
+            api_down = api_down + 1 if rc == EXIT_API_DOWN else 0
+            if api_down >= 2:
+                log.error("the embeddings API failed for two files in a row; stopping this run (files requeued)")
+                code = EXIT_API_DOWN
+                break
     if stop():
         code = EXIT_INTERRUPTED
     with state.transaction(cfg) as (q, _):

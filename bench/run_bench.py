@@ -84,6 +84,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-floor", action="store_true", help="skip the floor measurement")
     ap.add_argument("--langchain-check-ctx", default="true", choices=["true", "false"],
                     help="OpenAIEmbeddings(check_embedding_ctx_length=...) (default true, LangChain's default)")
+    ap.add_argument("--llamaindex-files-per-run", type=int, default=20,
+                    help="LlamaIndex: pipeline.run on slices of N documents (default 20; 0 = the whole corpus "
+                         "at once, which fails past ~5,461 nodes with chromadb 1.5.9: see peers/llamaindex_ingest.py)")
     ap.add_argument("--label", help="name of this run's section in RESULTS.md (default: from the options)")
     ap.add_argument("--title", help="heading text of that section")
     ap.add_argument("--no-write", action="store_true", help="do not touch RESULTS.md / results/")
@@ -250,6 +253,8 @@ def steps_for(name: str, corpus: Path, run_dir: Path, server, pythons: dict, arg
     argv = [pythons[name], str(script), str(corpus), str(chroma), server.base_url, server.api_key]
     if name == "langchain":
         argv += ["--check-ctx", args.langchain_check_ctx]
+    if name == "llamaindex":
+        argv += ["--files-per-run", str(args.llamaindex_files_per_run)]
     return [{"name": name, "argv": argv, "cwd": str(run_dir), "log": str(logs / f"{tag}-{name}")}]
 
 
@@ -391,7 +396,10 @@ def render(report: dict) -> str:
              f"Server: latency {a['latency_ms']:g} ms + {a['latency_per_1k_ms']:g} ms per 1k tokens, "
              f"tpm {a['tpm'] or 'unlimited'}, rpm {a['rpm'] or 'unlimited'}, fault rate {a['fault_rate']:g}. "
              f"Repeats: {a['repeat']} (numbers are medians; wall times of each repeat in the raw JSON "
-             f"`bench/results/{a['label']}.json`). LangChain check_embedding_ctx_length={a['langchain_check_ctx']}.",
+             f"`bench/results/{a['label']}.json`). LangChain check_embedding_ctx_length={a['langchain_check_ctx']}; "
+             f"LlamaIndex pipeline.run on slices of {a.get('llamaindex_files_per_run') or 'all'} files. "
+             f"'other CPU s': CPU time used meanwhile by processes that are neither the contender nor the "
+             f"embeddings server (other work on the machine; 0 = undisturbed).",
              "", "### First run (empty store)", "",
              "| contender | wall s | time vs project | peak RSS MB (largest process) | RSS vs project | "
              "peak RSS MB (whole tree) | requests | tokens sent | tokens vs project | 429s | other errors | "

@@ -8,8 +8,8 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 from ingestion import cli, progress, scan, settings, status  # noqa: E402
 from ingestion.runner import check_ready  # noqa: E402
 
-SETTINGS = ["TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST",
-            "EMBEDDING_MODEL", "CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "LOG_LEVEL", "LOG_FORMAT"]
+SETTINGS = settings.STORE_SETTINGS + ["TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "EMBEDDING_MODEL",
+    "CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "LOG_LEVEL", "LOG_FORMAT"]
 
 
 def main() -> int:

@@ -8,8 +8,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 from ingestion import cli, optimize, progress, settings  # noqa: E402
 from ingestion.store import Store  # noqa: E402
 
-SETTINGS = ["CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST", "CHROMA_PORT", "EMBEDDING_MODEL",
-            "LOG_LEVEL", "LOG_FORMAT"]
+SETTINGS = settings.STORE_SETTINGS + ["EMBEDDING_MODEL", "LOG_LEVEL", "LOG_FORMAT"]
 
 
 def main() -> int:

@@ -15,8 +15,8 @@ from ingestion.embeddings import Embedder  # noqa: E402
 from ingestion.errors import ConfigError  # noqa: E402
 from ingestion.store import Store  # noqa: E402
 
-SETTINGS = ["CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST", "CHROMA_PORT", "OPENAI_API_KEY", "OPENAI_BASE_URL",
-            "EMBEDDING_MODEL", "EMBEDDING_DIMENSIONS", "LOG_LEVEL"]
+SETTINGS = settings.STORE_SETTINGS + ["OPENAI_API_KEY", "OPENAI_BASE_URL", "EMBEDDING_MODEL",
+    "EMBEDDING_DIMENSIONS", "LOG_LEVEL"]
 
 
 def main() -> int:

@@ -66,8 +66,8 @@ def ingest_one(cfg: Config, path: str | None = None, claimed: bool = False, stop
     stop = stop or StopFlag()
     check_ready(cfg)
     embedder = Embedder(cfg)
-    if path is not None:
-        path = os.path.abspath(path)
+    if path is not None and not os.path.isabs(path):
+        path = os.path.abspath(path)  # queue entries are absolute; keep them exactly as written
     with state.transaction(cfg) as (q, _):
         if claimed:
             lease = file_queue.info(q, path).get("lease")

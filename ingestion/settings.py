@@ -54,6 +54,7 @@ SETTINGS = [
     Setting("LOG_FORMAT", "text", "text, or json for log platforms (one JSON object a line)"),
 ]
 _BY_NAME = {s.name: s for s in SETTINGS}
+STORE_SETTINGS = ["CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST", "CHROMA_PORT", "CHROMA_SSL", "CHROMA_AUTH_TOKEN"]
 
 _dotenv_loaded = False
 

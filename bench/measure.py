@@ -127,10 +127,12 @@ def main() -> int:
     sampler.stop.set()
     sampler.join()
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
     result = {
         "wall_s": wall, "rc": rc, "steps": steps,
         "rusage_max_rss_mb": usage.ru_maxrss / 1024,
         "cpu_user_s": usage.ru_utime, "cpu_sys_s": usage.ru_stime,
+        "measure_cpu_s": me.ru_utime + me.ru_stime,
         "sampled_max_proc_mb": sampler.max_proc / 2**20,
         "sampled_max_proc_cmd": sampler.max_proc_cmd,
         "sampled_max_tree_mb": sampler.max_tree / 2**20,

@@ -258,12 +258,38 @@ def steps_for(name: str, corpus: Path, run_dir: Path, server, pythons: dict, arg
     return [{"name": name, "argv": argv, "cwd": str(run_dir), "log": str(logs / f"{tag}-{name}")}]
 
 
-def measure(steps: list[dict], run_dir: Path, tag: str) -> dict:
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine spent busy since boot (/proc/stat, idle and iowait excluded)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def proc_cpu_s(pid: int | None) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+        return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError, TypeError):
+        return 0.0
+
+
+def measure(steps: list[dict], run_dir: Path, tag: str, server=None) -> dict:
     spec = run_dir / f"{tag}-spec.json"
     out = run_dir / f"{tag}-measure.json"
     spec.write_text(json.dumps({"steps": steps, "sample_ms": 50}))
+    server_pid = server.proc.pid if server is not None and server.proc is not None else None
+    busy0, srv0, load0 = busy_cpu_s(), proc_cpu_s(server_pid), os.getloadavg()[0]
     subprocess.run([sys.executable, str(BENCH / "measure.py"), str(spec), str(out)], check=True)
+    busy1, srv1 = busy_cpu_s(), proc_cpu_s(server_pid)
     result = json.loads(out.read_text())
+    result["server_cpu_s"] = srv1 - srv0
+    own = result["cpu_user_s"] + result["cpu_sys_s"] + result.get("measure_cpu_s", 0)
+    result["other_cpu_s"] = max(0.0, (busy1 - busy0) - own - (srv1 - srv0))
+    result["loadavg_before"] = load0
     if result["rc"] != 0:
         failed = result["steps"][-1]
         for s in steps:
@@ -300,7 +326,7 @@ def run_contender(name, corpus, run_dir, server, pythons, args, rerun: bool) -> 
     py = pythons[name]
     out = {}
     server.reset()
-    first = measure(steps_for(name, corpus, run_dir, server, pythons, args, "run1"), run_dir, "run1")
+    first = measure(steps_for(name, corpus, run_dir, server, pythons, args, "run1"), run_dir, "run1", server)
     first["server"] = server_delta(server.stats())
     first["store"] = count_store(py, run_dir / "chroma")
     out["first"] = first
@@ -309,7 +335,7 @@ def run_contender(name, corpus, run_dir, server, pythons, args, rerun: bool) -> 
         f"chunks={first['store'].get('chunks')} rss={first['rusage_max_rss_mb']:.0f}MB")
     if rerun:
         server.reset()
-        second = measure(steps_for(name, corpus, run_dir, server, pythons, args, "run2"), run_dir, "run2")
+        second = measure(steps_for(name, corpus, run_dir, server, pythons, args, "run2"), run_dir, "run2", server)
         second["server"] = server_delta(server.stats())
         second["store"] = count_store(py, run_dir / "chroma")
         out["rerun"] = second
@@ -360,6 +386,8 @@ def summarize(runs: list[dict], key: str) -> dict:
         "rss_tree_mb": get(lambda r: r["sampled_max_tree_mb"]),
         "rss_cmd": rs[0].get("sampled_max_proc_cmd", ""),
         "cpu_s": get(lambda r: r["cpu_user_s"] + r["cpu_sys_s"]),
+        "other_cpu_s": get(lambda r: r.get("other_cpu_s")),
+        "server_cpu_s": get(lambda r: r.get("server_cpu_s")),
         "requests": get(lambda r: r["server"]["requests"]),
         "ok_requests": get(lambda r: r["server"]["ok_requests"]),
         "tokens": get(lambda r: r["server"]["tokens"]),
@@ -403,8 +431,8 @@ def render(report: dict) -> str:
              "", "### First run (empty store)", "",
              "| contender | wall s | time vs project | peak RSS MB (largest process) | RSS vs project | "
              "peak RSS MB (whole tree) | requests | tokens sent | tokens vs project | 429s | other errors | "
-             "max in flight | chunks stored | distinct | tokens/chunk mean / max | exit |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+             "max in flight | chunks stored | distinct | tokens/chunk mean / max | CPU s | other CPU s | exit |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for n in names:
         s = S[n]["first"]
         errs = ", ".join(f"{k}: {v}" for k, v in (s["errors"] or {}).items()) or "0"
@@ -413,7 +441,8 @@ def render(report: dict) -> str:
             f"{ratio(s['rss_mb'], P['rss_mb'])} | {fmt(s['rss_tree_mb'], 0)} | {fmt(s['requests'])} | "
             f"{fmt(s['tokens'])} | {ratio(s['tokens'], P['tokens'])} | {fmt(s['r429'])} | {errs} | "
             f"{fmt(s['max_concurrent'])} | {fmt(s['chunks'])} | {fmt(s['distinct'])} | "
-            f"{fmt(s['tokens_mean'])} / {fmt(s['tokens_max'])} | {','.join(map(str, s['rc']))} |")
+            f"{fmt(s['tokens_mean'])} / {fmt(s['tokens_max'])} | {fmt(s['cpu_s'])} | {fmt(s['other_cpu_s'])} | "
+            f"{','.join(map(str, s['rc']))} |")
     if a["tpm"]:
         lines += ["", f"Under the {a['tpm']:,} tokens/minute limit (the server's 60 s window starts empty, so the "
                   "first minute can take up to a full window at once; 'ideal' is the least time the limit "
@@ -446,7 +475,7 @@ def render(report: dict) -> str:
         lines += ["", f"### Pipeline overhead at zero latency (server latency 0, no limits, one run each, "
                   f"{'the first ' if zf < c['files'] else ''}{zf} files)", "",
                   "| contender | wall s | vs project | per file ms | per chunk ms | CPU s (user+sys, all processes) | "
-                  "peak RSS MB | requests | exit |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "other CPU s | peak RSS MB | requests | exit |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for n in names:
             z = Z.get(n)
             if not z:
@@ -456,7 +485,8 @@ def render(report: dict) -> str:
                 f"| {TITLES[n]} | {fmt(z['wall_s'])} | {ratio(z['wall_s'], pz)} | "
                 f"{fmt(1000 * z['wall_s'] / z.get('files', c['files']), 0)} | "
                 f"{fmt(1000 * z['wall_s'] / chunks, 2) if chunks else '–'} | "
-                f"{fmt(z['cpu_user_s'] + z['cpu_sys_s'])} | {fmt(z['rusage_max_rss_mb'], 0)} | "
+                f"{fmt(z['cpu_user_s'] + z['cpu_sys_s'])} | {fmt(z.get('other_cpu_s'))} | "
+                f"{fmt(z['rusage_max_rss_mb'], 0)} | "
                 f"{fmt(z['server']['requests'])} | {z['rc']} |")
     fl = report.get("floor")
     if fl:

@@ -19,7 +19,7 @@ EXIT_CODES_HELP = """exit codes:
   1 bug (traceback)               5 API key refused: run stopped
   2 configuration or state error  6 out of memory: file split and requeued
   3 file failed, reason recorded  7 interrupted (SIGTERM): file released
-                                  8 store busy (another writer holds its lock)"""
+                                  8 store busy, or the file is taken by another worker"""
 
 
 class IngestionError(Exception):
@@ -69,6 +69,12 @@ class Interrupted(IngestionError):
 
 
 class StoreBusy(IngestionError):
+    exit_code = EXIT_BUSY
+
+
+class HeldElsewhere(IngestionError):
+    """Another worker (another machine, sharing the Chroma server) is ingesting this file."""
+
     exit_code = EXIT_BUSY
 
 

@@ -88,11 +88,11 @@ def lease_alive(lease: dict | None, lease_seconds: float, now: float | None = No
         return False
     now = time.time() if now is None else now
     if lease.get("host") == socket.gethostname():
-        return any(_pid_alive(lease.get(k)) for k in ("pid", "child_pid"))
+        return any(pid_alive(lease.get(k)) for k in ("pid", "child_pid"))
     return now - lease.get("renewed", lease.get("started", 0)) < lease_seconds
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
     if not pid:
         return False
     try:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 from ingestion import checkpoint, chunking, file_queue, splitter, state, textfile
 from ingestion.embeddings import Embedder
-from ingestion.errors import (EXIT_BUG, EXIT_FILE_FAILED, EXIT_OK, ApiRejected, ApiUnavailable,
-                              ConfigError, FileRejected, IngestionError, OutOfMemory, StateFileError)
+from ingestion.errors import (EXIT_BUG, EXIT_FILE_FAILED, EXIT_OK, ApiRejected, ApiUnavailable, ConfigError,
+                              FileRejected, HeldElsewhere, IngestionError, OutOfMemory, StateFileError)
 from ingestion.ingest import Result, ingest, peak_rss_mb, sha256_text
 from ingestion.settings import Config
 from ingestion.store import Store, chunk_id, source_key
@@ -104,6 +105,12 @@ def ingest_one(cfg: Config, path: str | None = None, claimed: bool = False, stop
     except OutOfMemory as e:
         split_after_oom(cfg, path, str(e))
         return e.exit_code
+    except HeldElsewhere as e:
+        with state.transaction(cfg) as (q, _):
+            file_queue.info(q, path).pop("lease", None)
+            file_queue.move(q, path, "pending")
+        log.warning("%s; left in pending", e)
+        return e.exit_code
     except (IngestionError, KeyboardInterrupt):
         # key refused, bad config, interrupted: the file is fine, give it back untouched
         with state.transaction(cfg) as (q, _):
@@ -125,18 +132,26 @@ def _ingest(cfg, embedder, path, original, original_sha, part, stop) -> tuple[Re
     info = textfile.inspect(Path(path))
     file_sha = original_sha or info.sha256
     last_renew = [time.monotonic()]
-
-    def renew(_result: Result) -> None:
-        if time.monotonic() - last_renew[0] > LEASE_RENEW_SECONDS:
-            last_renew[0] = time.monotonic()
-            with state.transaction(cfg) as (q, _):
-                lease = file_queue.info(q, path).get("lease")
-                if lease:
-                    lease["renewed"] = time.time()
+    owner = f"{socket.gethostname()}:{os.getpid()}"
 
     with Store(cfg) as store:
-        result = ingest(cfg, store, embedder.embed, Path(path), original, file_sha, info, part=part,
-                        should_stop=stop, after_batch=renew)
+        def renew(_result: Result) -> None:
+            if time.monotonic() - last_renew[0] > LEASE_RENEW_SECONDS:
+                last_renew[0] = time.monotonic()
+                store.renew(original, owner, cfg.lease_seconds)
+                with state.transaction(cfg) as (q, _):
+                    lease = file_queue.info(q, path).get("lease")
+                    if lease:
+                        lease["renewed"] = time.time()
+
+        other = store.claim(original, owner, cfg.lease_seconds)
+        if other:
+            raise HeldElsewhere(f"{original} is being ingested by {other} (shared store lease)")
+        try:
+            result = ingest(cfg, store, embedder.embed, Path(path), original, file_sha, info, part=part,
+                            should_stop=stop, after_batch=renew)
+        finally:
+            store.unclaim(original, owner)
         if result.chunks == 0:
             raise FileRejected("empty: no text to embed (" + ("whitespace only)" if info.size else "0 bytes)"))
     return result, file_sha

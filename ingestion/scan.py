@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ingestion import checkpoint, file_queue, state, textfile
-from ingestion.settings import Config
+from ingestion.errors import ConfigError
+from ingestion.settings import Config, raw
 
 log = logging.getLogger("ingestion")
 
@@ -45,9 +46,30 @@ class Summary:
                 f"failed {c['failed']}")
 
 
+def shard_filter(spec: str | None, root: Path):
+    """WORKER_SHARD=i/N: accept only paths whose hash falls in shard i (0-based) of N.
+
+    The hash is of the path relative to TRANSCRIPTS_DIR, so machines that mount the
+    corpus at different places still agree on who takes which file."""
+    if not spec:
+        return lambda p: True
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise ConfigError(f"WORKER_SHARD must look like i/N with 0 <= i < N, got {spec!r}") from None
+
+    def accept(path: str) -> bool:
+        rel = os.path.relpath(path, root)
+        return int(hashlib.sha256(rel.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % n == i
+    return accept
+
+
 def walk(cfg: Config, summary: Summary) -> Iterator[tuple[str, os.stat_result]]:
-    """Every *.txt under TRANSCRIPTS_DIR that may be read, sorted; symlinks only when they stay inside."""
+    """Every *.txt under TRANSCRIPTS_DIR (of this WORKER_SHARD) that may be read, sorted;
+    symlinks only when they stay inside."""
     root = cfg.transcripts_dir
+    in_shard = shard_filter(raw("WORKER_SHARD"), root)
 
     def on_error(e: OSError) -> None:
         summary.skipped.append((e.filename, f"cannot list folder: {e.strerror}"))
@@ -58,6 +80,8 @@ def walk(cfg: Config, summary: Summary) -> Iterator[tuple[str, os.stat_result]]:
             if not name.lower().endswith(".txt"):
                 continue
             path = os.path.join(dirpath, name)
+            if not in_shard(path):
+                continue
             if not textfile.is_allowed(Path(path), [root]):
                 summary.skipped.append((path, "symlink to outside TRANSCRIPTS_DIR, or a loop"))
                 continue
@@ -97,6 +121,8 @@ def _store_records(cfg: Config) -> dict[str, dict]:
     try:
         with Store(cfg) as store:
             return store.done_files()
+    except ConfigError:  # a configured server that cannot be reached: say so
+        raise
     except Exception as e:  # the queue can still be built; re-ingesting stored chunks costs no tokens
         log.warning("could not read finished files from the store (%s); treating unknown files as new",
                     str(e).splitlines()[0][:200])

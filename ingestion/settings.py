@@ -33,6 +33,9 @@ SETTINGS = [
     Setting("CHROMA_PORT", "8000", "Chroma server port"),
     Setting("CHROMA_SSL", "false", "use https to reach the Chroma server"),
     Setting("CHROMA_AUTH_TOKEN", None, "bearer token sent to the Chroma server, if it needs one"),
+    Setting("CHROMA_API_KEY", None, "when set, use Chroma Cloud (CloudClient) with CHROMA_TENANT and CHROMA_DATABASE"),
+    Setting("CHROMA_TENANT", None, "Chroma Cloud tenant"),
+    Setting("CHROMA_DATABASE", None, "Chroma Cloud database"),
     Setting("OPENAI_API_KEY", None, "the OpenAI SDK's own variable; required to embed"),
     Setting("OPENAI_BASE_URL", None, "the OpenAI SDK's own variable (an OpenAI-compatible server)"),
     Setting("OPENAI_MAX_RETRIES", "5", "SDK retries per request (429, 5xx, timeouts) before a file is requeued"),
@@ -46,7 +49,7 @@ SETTINGS = [
     Setting("MAX_ITERATIONS", "1", "files per worker run; 0 means until the queue is empty"),
     Setting("WORKER_SHARD", None, "i/N: this worker takes only the files whose path hash falls in shard i of N"),
     Setting("MAX_ATTEMPTS", "3", "tries per file after transient API errors before it is failed"),
-    Setting("LEASE_SECONDS", "3600", "a processing entry whose lease is this old (and not renewed) is stale"),
+    Setting("LEASE_SECONDS", "600", "a lease on a file not renewed for this long (by a process elsewhere) is stale"),
     Setting("MEMORY_LIMIT_MB", None, "when set, an ingesting process above this RSS counts as out of memory"),
     Setting("SPLIT_PARTS", "4", "parts a file is split into after running out of memory"),
     Setting("SPLIT_MIN_BYTES", "65536", "a part this small that still runs out of memory is failed"),
@@ -54,7 +57,8 @@ SETTINGS = [
     Setting("LOG_FORMAT", "text", "text, or json for log platforms (one JSON object a line)"),
 ]
 _BY_NAME = {s.name: s for s in SETTINGS}
-STORE_SETTINGS = ["CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST", "CHROMA_PORT", "CHROMA_SSL", "CHROMA_AUTH_TOKEN"]
+STORE_SETTINGS = ["CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST", "CHROMA_PORT", "CHROMA_SSL", "CHROMA_AUTH_TOKEN",
+                  "CHROMA_API_KEY", "CHROMA_TENANT", "CHROMA_DATABASE"]
 
 _dotenv_loaded = False
 
@@ -108,6 +112,9 @@ class Config:
     chroma_port: int
     chroma_ssl: bool
     chroma_auth_token: str | None
+    chroma_api_key: str | None
+    chroma_tenant: str | None
+    chroma_database: str | None
     embedding_model: str
     embedding_dimensions: int | None
     chunk_max_tokens: int
@@ -122,6 +129,11 @@ class Config:
     split_min_bytes: int
     openai_max_retries: int
     openai_timeout: float
+
+    @property
+    def remote_store(self) -> bool:
+        """A Chroma server or Chroma Cloud: shared by machines, no local lock."""
+        return bool(self.chroma_host or self.chroma_api_key)
 
     @property
     def queue_path(self) -> Path:
@@ -158,6 +170,9 @@ def load(overrides: dict[str, str | None] | None = None) -> Config:
         chroma_port=_int("CHROMA_PORT", 1, 65535),
         chroma_ssl=_bool("CHROMA_SSL"),
         chroma_auth_token=raw("CHROMA_AUTH_TOKEN"),
+        chroma_api_key=raw("CHROMA_API_KEY"),
+        chroma_tenant=raw("CHROMA_TENANT"),
+        chroma_database=raw("CHROMA_DATABASE"),
         embedding_model=raw("EMBEDDING_MODEL"),
         embedding_dimensions=_int("EMBEDDING_DIMENSIONS", 1) if dims else None,
         chunk_max_tokens=max_tokens,

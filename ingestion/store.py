@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import os
+import time
 from typing import Iterator
 
 from ingestion.errors import ConfigError, StoreBusy, StoreMismatch
@@ -43,14 +44,18 @@ def make_client(cfg: Config):
     from chromadb.config import Settings
 
     settings = Settings(anonymized_telemetry=False)
-    if cfg.chroma_host:
-        headers = {"Authorization": f"Bearer {cfg.chroma_auth_token}"} if cfg.chroma_auth_token else None
-        try:
+    try:
+        if cfg.chroma_api_key:
+            return chromadb.CloudClient(tenant=cfg.chroma_tenant, database=cfg.chroma_database,
+                                        api_key=cfg.chroma_api_key, settings=settings)
+        if cfg.chroma_host:
+            headers = {"Authorization": f"Bearer {cfg.chroma_auth_token}"} if cfg.chroma_auth_token else None
             return chromadb.HttpClient(host=cfg.chroma_host, port=cfg.chroma_port, ssl=cfg.chroma_ssl,
                                        headers=headers, settings=settings)
-        except Exception as e:  # the client checks the server at once
-            raise ConfigError(f"cannot reach the Chroma server at {cfg.chroma_host}:{cfg.chroma_port}: "
-                              f"{str(e).splitlines()[0][:200]}") from None
+    except Exception as e:  # remote clients check the server at once
+        where = "Chroma Cloud" if cfg.chroma_api_key else f"the Chroma server at {cfg.chroma_host}:{cfg.chroma_port}"
+        raise ConfigError(f"cannot reach {where}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") \
+            from None
     cfg.chroma_path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(cfg.chroma_path), settings=settings)
 
@@ -70,13 +75,15 @@ class Store:
     def __init__(self, cfg: Config, wait: bool = True):
         self.cfg = cfg
         self._lock_fd = None
-        if not cfg.chroma_host:
+        if not cfg.remote_store:
             self._lock(wait)
         try:
             self.client = make_client(cfg)
             self.max_batch = self.client.get_max_batch_size()
             self.chunks = self._collection(cfg.chroma_collection, chunks=True)
             self.files = self._collection(cfg.chroma_collection + "_files", chunks=False)
+            self.leases = self._collection(cfg.chroma_collection + "_leases", chunks=False) \
+                if cfg.remote_store else None
         except BaseException:
             self.close()
             raise
@@ -195,9 +202,58 @@ class Store:
                 return out
             offset += PAGE
 
+    # ---- leases (shared stores only) -----------------------------------------
+    def claim(self, source: str, owner: str, seconds: float, settle: float = 0.3) -> str | None:
+        """Take source for owner in the shared store; returns the other owner when it is taken.
+
+        Workers on different machines share only the store. Chroma has no
+        compare-and-set, so: read; if free (or expired, or ours) write our lease;
+        wait a moment; read again. Of two workers writing at once, the later
+        write wins and both read it back, so only one goes on.
+        """
+        if self.leases is None:
+            return None
+        key = [source_key(source)]
+        for _ in range(2):
+            found = self.leases.get(ids=key, include=["metadatas"])
+            if found["ids"]:
+                m = found["metadatas"][0]
+                if m.get("owner") != owner and m.get("until", 0) > time.time() and _owner_alive(m.get("owner", "")):
+                    return m.get("owner")
+                if m.get("owner") == owner:
+                    break
+            self._write_lease(source, owner, seconds)
+            time.sleep(settle)
+        return None
+
+    def renew(self, source: str, owner: str, seconds: float) -> None:
+        if self.leases is not None:
+            self._write_lease(source, owner, seconds)
+
+    def unclaim(self, source: str, owner: str) -> None:
+        if self.leases is None:
+            return
+        found = self.leases.get(ids=[source_key(source)], include=["metadatas"])
+        if found["ids"] and found["metadatas"][0].get("owner") == owner:
+            self.leases.delete(ids=[source_key(source)])
+
+    def _write_lease(self, source: str, owner: str, seconds: float) -> None:
+        self.leases.upsert(ids=[source_key(source)], embeddings=[[1.0, 0.0]], documents=[source],
+                           metadatas=[{"source": source, "owner": owner, "until": time.time() + seconds}])
+
     def done_record(self, source: str) -> dict | None:
         found = self.files.get(ids=[source_key(source)], include=["metadatas"])
         return found["metadatas"][0] if found["ids"] else None
+
+
+def _owner_alive(owner: str) -> bool:
+    """A lease of this host whose process is gone is free; another host's is taken at its word."""
+    import socket
+
+    from ingestion.file_queue import pid_alive
+
+    host, _, pid = owner.rpartition(":")
+    return host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid))
 
 
 @contextlib.contextmanager

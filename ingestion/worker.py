@@ -14,7 +14,6 @@ When a child dies without recording an outcome:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -25,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingestion import file_queue, progress, runner, scan, state
-from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_MEMORY, EXIT_OK,
-                              ConfigError)
+from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_MEMORY,
+                              EXIT_OK)
 from ingestion.settings import Config, raw
 
 log = logging.getLogger("ingestion")
@@ -43,18 +42,6 @@ class Tally:
     def add(self, outcome: str) -> None:
         self.runs += 1
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
-
-
-def shard_filter(spec: str | None):
-    """WORKER_SHARD=i/N: accept only paths whose hash falls in shard i (0-based) of N."""
-    if not spec:
-        return lambda p: True
-    try:
-        i, n = (int(x) for x in spec.split("/"))
-        assert 0 <= i < n
-    except (ValueError, AssertionError):
-        raise ConfigError(f"WORKER_SHARD must look like i/N with 0 <= i < N, got {spec!r}") from None
-    return lambda p: int(hashlib.sha256(p.encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % n == i
 
 
 def oom_kills() -> int | None:
@@ -84,7 +71,9 @@ def prepare(cfg: Config) -> None:
 
 def run(cfg: Config, max_iterations: int, stop: runner.StopFlag) -> int:
     runner.check_ready(cfg)
-    accept = shard_filter(raw("WORKER_SHARD"))
+    in_shard = scan.shard_filter(raw("WORKER_SHARD"), cfg.transcripts_dir)
+    held: set[str] = set()  # files another machine was ingesting: not again in this run
+    accept = lambda p: in_shard(p) and p not in held  # noqa: E731
     prepare(cfg)
     tally = Tally()
     code = EXIT_OK
@@ -102,6 +91,8 @@ def run(cfg: Config, max_iterations: int, stop: runner.StopFlag) -> int:
             outcome = _after_child(cfg, path, rc, stop, oom_seen=(oom_kills() or 0) > oom_before)
             tally.add(outcome)
             advance(1)
+            if rc == EXIT_BUSY:
+                held.add(path)
             if rc in (EXIT_AUTH, EXIT_CONFIG):
                 code = rc
                 break

@@ -1,0 +1,180 @@
+"""Client/server mode against a real `chroma run` server, and the diskless cron run.
+
+On Render a cron job gets a new instance and no disk each run: the queue and the
+checkpoint are gone every time, and only the Chroma server remembers. These tests
+empty CHECKPOINT_DIR before every worker run.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE_TRANSCRIPT, Project
+
+CORPUS = {f"show-{n}.txt": "\n\n".join(SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}.{k}") for k in range(5))
+          for n in range(5)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    """A real Chroma server (`chroma run`, from the chromadb package) on a free loopback port."""
+    port = free_port()
+    chroma = Path(sys.executable).with_name("chroma")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("chroma run did not start")
+            time.sleep(0.2)
+    yield {"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(port)}
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def server_chunks(env) -> dict:
+    import chromadb
+
+    client = chromadb.HttpClient(host=env["CHROMA_HOST"], port=int(env["CHROMA_PORT"]))
+    got = client.get_collection("transcripts", embedding_function=None).get(include=["documents", "metadatas"])
+    return {i: (d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])}
+
+
+def fill(project):
+    for name, text in CORPUS.items():
+        project.add(name, text)
+
+
+def test_whole_pipeline_through_a_chroma_server(project, api, chroma_server):
+    project.env.update(chroma_server)
+    fill(project)
+    project.ingest_all()
+    assert not project.chroma.exists()  # nothing embedded on this side
+    chunks = server_chunks(chroma_server)
+    assert {os.path.basename(m["source"]) for _, m in chunks.values()} == set(CORPUS)
+    assert api.stats()["tokens"] == sum(m["token_count"] for _, m in chunks.values())
+    assert "nothing to change" not in project.run("optimize_chromadb.py").stdout
+    assert "nothing to change" in project.run("optimize_chromadb.py").stdout
+    r = project.run("query_chromadb.py", "dredging harbour 3.2", "-k", "1")
+    assert r.returncode == 0 and "show-3.txt" in r.stdout, r.stdout + r.stderr
+    status = project.run("process_queue_worker.py", "--status")
+    assert f"store: {len(server_chunks(chroma_server))} chunks, 5 files" in status.stdout
+
+
+def test_diskless_cron_runs_finish_the_corpus_without_paying_twice(project, api, chroma_server, tmp_path):
+    project.env.update(chroma_server)
+    fill(project)
+    runs = 0
+    while True:
+        shutil.rmtree(project.checkpoints, ignore_errors=True)  # a new instance, no disk
+        api.set_faults(latency_ms=15)
+        worker = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "ingestion" /
+                                                      "process_queue_worker.py")],
+                                  env={**project.env, "MAX_ITERATIONS": "2", "EMBED_BATCH_SIZE": "2"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if runs == 1:  # one run is killed mid-file, as on a deploy
+            time.sleep(2.5)
+            worker.kill()
+            worker.wait()
+            time.sleep(4)  # its orphaned child finishes (or not) on its own
+            out = ""
+        else:
+            out, err = worker.communicate(timeout=180)
+            assert worker.returncode == 0, out + err
+        runs += 1
+        if "0 files run" in out:
+            break
+        assert runs < 12
+    api.set_faults(latency_ms=0)
+    chunks = server_chunks(chroma_server)
+    assert {os.path.basename(m["source"]) for _, m in chunks.values()} == set(CORPUS)
+    stored = sum(m["token_count"] for _, m in chunks.values())
+    assert stored <= api.stats()["tokens"] <= stored * 1.02
+    # one clean embedded run stores the same content
+    (tmp_path / "clean").mkdir()
+    clean = Project(tmp_path / "clean", None)
+    clean.env["OPENAI_BASE_URL"] = api.base_url
+    fill(clean)
+    clean.ingest_all()
+    strip = lambda cs: sorted((d, os.path.basename(m["source"]), m["chunk_index"]) for d, m in cs.values())  # noqa
+    assert strip(chunks) == strip(clean.chunks())
+    # after completion a fresh run sends nothing
+    api.reset()
+    shutil.rmtree(project.checkpoints, ignore_errors=True)
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0")
+    assert r.returncode == 0 and "5 already in the store" in r.stdout, r.stdout
+    assert api.stats()["requests"] == 0
+
+
+def test_a_file_held_by_another_worker_is_left_alone(project, api, chroma_server):
+    """Two machines share one Chroma server: a file leased by one is skipped by the other."""
+    project.env.update(chroma_server)
+    fill(project)
+    held = str(project.transcripts / "show-0.txt")
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from ingestion import settings
+    from ingestion.store import Store
+
+    os.environ.update({**chroma_server, "CHROMA_COLLECTION": "transcripts"})
+    try:
+        with Store(settings.load()) as store:
+            assert store.claim(held, "other-machine:123", 600) is None
+            r = project.run("process_queue_worker.py", MAX_ITERATIONS="0")
+            assert r.returncode == 0, r.stderr
+            assert "being ingested by other-machine:123" in r.stderr
+            q = project.queue
+            assert q["pending"] == [held] and len(q["completed"]) == 4
+            store.unclaim(held, "other-machine:123")
+    finally:
+        for k in chroma_server:
+            os.environ.pop(k, None)
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0")
+    assert len(project.queue["completed"]) == 5
+
+
+def test_shards_split_the_corpus(project, api, chroma_server):
+    project.env.update(chroma_server)
+    for n in range(8):
+        project.add(f"f{n}.txt", SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}"))
+    done = set()
+    for i in range(2):
+        shutil.rmtree(project.checkpoints, ignore_errors=True)  # each machine its own queue
+        r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", WORKER_SHARD=f"{i}/2")
+        assert r.returncode == 0, r.stderr
+        mine = set(project.queue["completed"])
+        assert mine and not mine & done
+        done |= mine
+    assert len(done) == 8
+    assert api.stats()["tokens"] == sum(m["token_count"] for _, m in server_chunks(chroma_server).values())
+    r = project.run("process_queue_worker.py", WORKER_SHARD="2/2")
+    assert r.returncode == 2 and "WORKER_SHARD" in r.stderr
+
+
+def test_chroma_cloud_without_network_is_one_clear_line(project):
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    r = project.run("process_queue_worker.py", CHROMA_API_KEY="ck-fake", CHROMA_TENANT="t", CHROMA_DATABASE="d")
+    assert r.returncode == 2, r.stderr
+    assert "Chroma Cloud" in r.stderr and r.stderr.strip().count("\n") == 0

@@ -9,7 +9,7 @@ from ingestion import cli, runner, settings  # noqa: E402
 
 SETTINGS = settings.STORE_SETTINGS + ["TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "OPENAI_API_KEY",
     "OPENAI_BASE_URL", "OPENAI_MAX_RETRIES", "OPENAI_TIMEOUT", "EMBEDDING_MODEL", "EMBEDDING_DIMENSIONS",
-    "CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "EMBED_BATCH_SIZE", "EMBED_CONCURRENCY", "MAX_ATTEMPTS",
+    "CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "EMBED_BATCH_SIZE", "EMBED_CONCURRENCY", "CHILD_MAX_RSS_MB", "MAX_ATTEMPTS",
     "MEMORY_LIMIT_MB", "SPLIT_PARTS", "SPLIT_MIN_BYTES", "LOG_LEVEL", "LOG_FORMAT"]
 
 
@@ -20,11 +20,16 @@ def main() -> int:
     p.add_argument("path", nargs="?", help="a file under TRANSCRIPTS_DIR (default: the first pending file)")
     p.add_argument("--claimed", action="store_true",
                    help="PATH was already claimed by process_queue_worker.py (internal)")
+    p.add_argument("--more", type=int, default=0, metavar="N",
+                   help="with --claimed: then claim and ingest up to N more files in this process (internal)")
     args = p.parse_args()
     if args.claimed and not args.path:
         p.error("--claimed needs PATH")
     cfg = settings.load()
-    return runner.ingest_one(cfg, args.path, claimed=args.claimed, stop=runner.StopFlag().install())
+    stop = runner.StopFlag().install()
+    if args.claimed and args.more > 0:
+        return runner.ingest_several(cfg, args.path, args.more, stop)
+    return runner.ingest_one(cfg, args.path, claimed=args.claimed, stop=stop)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Every way out leaves the file in exactly one list with a reason:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from ingestion import checkpoint, chunking, file_queue, splitter, state, textfil
 from ingestion.embeddings import Embedder
 from ingestion.errors import (EXIT_BUG, EXIT_FILE_FAILED, EXIT_OK, ApiRejected, ApiUnavailable, ConfigError,
                               FileRejected, HeldElsewhere, IngestionError, OutOfMemory, StateFileError)
-from ingestion.ingest import Result, ingest, peak_rss_mb, sha256_text
+from ingestion.ingest import Result, ingest, peak_rss_mb, rss_mb, sha256_text
 from ingestion.settings import Config
 from ingestion.store import Store, chunk_id, source_key
 
@@ -62,11 +63,40 @@ def allowed_roots(cfg: Config) -> list[Path]:
     return [cfg.transcripts_dir, cfg.splits_dir]
 
 
-def ingest_one(cfg: Config, path: str | None = None, claimed: bool = False, stop: StopFlag | None = None) -> int:
-    """Claim (unless the worker already did), ingest and record one file; returns an exit code."""
-    stop = stop or StopFlag()
+def ingest_several(cfg: Config, first: str, more: int, stop: StopFlag) -> int:
+    """The worker's child with FILES_PER_CHILD > 1: the claimed file, then up to `more` others it
+    claims itself, in one process with one open store, until the queue is empty, an error that
+    concerns every file, a signal, or its RSS passes CHILD_MAX_RSS_MB (then a fresh child goes on).
+    Prints one `@@done CODE PATH` line per file for the worker's tally."""
+    from ingestion.scan import shard_filter
+    from ingestion.settings import raw
+
     check_ready(cfg)
     embedder = Embedder(cfg)
+    accept = shard_filter(raw("WORKER_SHARD"), cfg.transcripts_dir)
+    path, claimed, code = first, True, EXIT_OK
+    with Store(cfg) as store:
+        while path is not None:
+            code = ingest_one(cfg, path, claimed=claimed, stop=stop, embedder=embedder, store=store)
+            print(f"@@done {code} {path}", flush=True)
+            if code not in (EXIT_OK, EXIT_FILE_FAILED) or stop() or more <= 0 or rss_mb() > cfg.child_max_rss_mb:
+                break
+            more -= 1
+            with state.transaction(cfg) as (q, _):
+                path = file_queue.claim(q, accept=accept)
+                if path is not None:
+                    file_queue.info(q, path)["lease"]["child_pid"] = os.getpid()
+            claimed = True
+    return code
+
+
+def ingest_one(cfg: Config, path: str | None = None, claimed: bool = False, stop: StopFlag | None = None,
+               embedder: Embedder | None = None, store: Store | None = None) -> int:
+    """Claim (unless the worker already did), ingest and record one file; returns an exit code."""
+    stop = stop or StopFlag()
+    if embedder is None:
+        check_ready(cfg)
+        embedder = Embedder(cfg)
     if path is not None and not os.path.isabs(path):
         path = os.path.abspath(path)  # queue entries are absolute; keep them exactly as written
     with state.transaction(cfg) as (q, _):
@@ -87,7 +117,11 @@ def ingest_one(cfg: Config, path: str | None = None, claimed: bool = False, stop
     part = "" if original == path else Path(path).stem
     started = time.monotonic()
     try:
-        result, file_sha = _ingest(cfg, embedder, path, original, original_sha, part, stop)
+        if store is None:
+            with Store(cfg) as own_store:
+                result, file_sha = _ingest(cfg, own_store, embedder, path, original, original_sha, part, stop)
+        else:
+            result, file_sha = _ingest(cfg, store, embedder, path, original, original_sha, part, stop)
     except (FileRejected, ApiRejected) as e:
         return _fail(cfg, path, original, str(e))
     except textfile.FileChanged:
@@ -122,11 +156,12 @@ def ingest_one(cfg: Config, path: str | None = None, claimed: bool = False, stop
         _fail(cfg, path, original, f"internal error: {type(e).__name__}: {e}")
         return EXIT_BUG
     seconds = time.monotonic() - started
-    _record_success(cfg, path, original, part, file_sha, result, seconds)
+    if _record_success(cfg, path, original, part, file_sha, result, seconds):
+        finalize_split(cfg, original, store)
     return EXIT_OK
 
 
-def _ingest(cfg, embedder, path, original, original_sha, part, stop) -> tuple[Result, str]:
+def _ingest(cfg, store, embedder, path, original, original_sha, part, stop) -> tuple[Result, str]:
     if not textfile.is_allowed(Path(path), allowed_roots(cfg)):
         raise FileRejected("outside TRANSCRIPTS_DIR and the splits folder (symlink or edited queue); not read")
     info = textfile.inspect(Path(path))
@@ -134,26 +169,25 @@ def _ingest(cfg, embedder, path, original, original_sha, part, stop) -> tuple[Re
     last_renew = [time.monotonic()]
     owner = f"{socket.gethostname()}:{os.getpid()}"
 
-    with Store(cfg) as store:
-        def renew(_result: Result) -> None:
-            if time.monotonic() - last_renew[0] > LEASE_RENEW_SECONDS:
-                last_renew[0] = time.monotonic()
-                store.renew(original, owner, cfg.lease_seconds)
-                with state.transaction(cfg) as (q, _):
-                    lease = file_queue.info(q, path).get("lease")
-                    if lease:
-                        lease["renewed"] = time.time()
+    def renew(_result: Result) -> None:
+        if time.monotonic() - last_renew[0] > LEASE_RENEW_SECONDS:
+            last_renew[0] = time.monotonic()
+            store.renew(original, owner, cfg.lease_seconds)
+            with state.transaction(cfg) as (q, _):
+                lease = file_queue.info(q, path).get("lease")
+                if lease:
+                    lease["renewed"] = time.time()
 
-        other = store.claim(original, owner, cfg.lease_seconds)
-        if other:
-            raise HeldElsewhere(f"{original} is being ingested by {other} (shared store lease)")
-        try:
-            result = ingest(cfg, store, embedder.embed, Path(path), original, file_sha, info, part=part,
-                            should_stop=stop, after_batch=renew)
-        finally:
-            store.unclaim(original, owner)
-        if result.chunks == 0:
-            raise FileRejected("empty: no text to embed (" + ("whitespace only)" if info.size else "0 bytes)"))
+    other = store.claim(original, owner, cfg.lease_seconds)
+    if other:
+        raise HeldElsewhere(f"{original} is being ingested by {other} (shared store lease)")
+    try:
+        result = ingest(cfg, store, embedder.embed, Path(path), original, file_sha, info, part=part,
+                        should_stop=stop, after_batch=renew)
+    finally:
+        store.unclaim(original, owner)
+    if result.chunks == 0:
+        raise FileRejected("empty: no text to embed (" + ("whitespace only)" if info.size else "0 bytes)"))
     return result, file_sha
 
 
@@ -166,7 +200,8 @@ def _fail(cfg: Config, path: str, original: str, reason: str) -> int:
     return EXIT_FILE_FAILED
 
 
-def _record_success(cfg, path, original, part, file_sha, result: Result, seconds: float) -> None:
+def _record_success(cfg, path, original, part, file_sha, result: Result, seconds: float) -> bool:
+    """Record a stored file; True when it was the last part of a split file still to finish."""
     st = os.stat(path)
     with state.transaction(cfg) as (q, c):
         file_queue.complete(q, path)
@@ -186,12 +221,13 @@ def _record_success(cfg, path, original, part, file_sha, result: Result, seconds
              extra={"fields": {"event": "file_done", "file": path, "chunks": result.chunks,
                                "tokens": result.tokens, "embedded_tokens": result.embedded_tokens,
                                "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb())}})
-    if parts_done:
-        finalize_split(cfg, original)
+    return bool(parts_done)
 
 
-def finalize_split(cfg: Config, original: str) -> None:
-    """All parts of a split file are stored: drop the original's stale chunks, mark it done."""
+def finalize_split(cfg: Config, original: str, store: Store | None = None) -> None:
+    """All parts of a split file are stored: drop the original's stale chunks, mark it done.
+
+    store: the caller's open store (a process must not open the embedded store twice)."""
     with state.transaction(cfg) as (q, _):
         entry = file_queue.info(q, original)
         parts = list(entry.get("parts", []))
@@ -207,9 +243,9 @@ def finalize_split(cfg: Config, original: str) -> None:
             keep.add(chunk_id(original, sha256_text(c.text)))
             chunks += 1
             tokens += c.token_count
-    with Store(cfg) as store:
-        removed = store.remove_stale(original, keep)
-        store.mark_done(original, file_sha, chunks, tokens)
+    with (contextlib.nullcontext(store) if store is not None else Store(cfg)) as s:
+        removed = s.remove_stale(original, keep)
+        s.mark_done(original, file_sha, chunks, tokens)
     st = os.stat(original) if os.path.exists(original) else None
     with state.transaction(cfg) as (q, c):
         for p in parts:

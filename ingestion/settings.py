@@ -47,6 +47,8 @@ SETTINGS = [
     Setting("EMBED_BATCH_SIZE", "10", "chunks per embeddings request (at most 2048)"),
     Setting("EMBED_CONCURRENCY", "4", "embeddings requests in flight at once"),
     Setting("MAX_ITERATIONS", "1", "files per worker run; 0 means until the queue is empty"),
+    Setting("FILES_PER_CHILD", "1", "files one worker subprocess takes before it is replaced (1: a fresh process per file)"),
+    Setting("CHILD_MAX_RSS_MB", "1500", "a worker subprocess above this RSS takes no further file (FILES_PER_CHILD > 1)"),
     Setting("WORKER_SHARD", None, "i/N: this worker takes only the files whose path hash falls in shard i of N"),
     Setting("MAX_ATTEMPTS", "3", "tries per file after transient API errors before it is failed"),
     Setting("LEASE_SECONDS", "600", "a lease on a file not renewed for this long (by a process elsewhere) is stale"),
@@ -122,6 +124,8 @@ class Config:
     embed_batch_size: int
     embed_concurrency: int
     max_iterations: int
+    files_per_child: int
+    child_max_rss_mb: int
     max_attempts: int
     lease_seconds: int
     memory_limit_mb: int | None
@@ -180,6 +184,8 @@ def load(overrides: dict[str, str | None] | None = None) -> Config:
         embed_batch_size=_int("EMBED_BATCH_SIZE", 1, 2048),
         embed_concurrency=_int("EMBED_CONCURRENCY", 1, 64),
         max_iterations=_int("MAX_ITERATIONS", 0),
+        files_per_child=_int("FILES_PER_CHILD", 1),
+        child_max_rss_mb=_int("CHILD_MAX_RSS_MB", 100),
         max_attempts=_int("MAX_ATTEMPTS", 1),
         lease_seconds=_int("LEASE_SECONDS", 10),
         memory_limit_mb=_int("MEMORY_LIMIT_MB", 1) if memory else None,

@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingestion import file_queue, progress, runner, scan, state
-from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_MEMORY,
-                              EXIT_OK)
+from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUSY, EXIT_CONFIG, EXIT_FILE_FAILED, EXIT_INTERRUPTED,
+                              EXIT_MEMORY, EXIT_OK)
 from ingestion.settings import Config, raw
 
 log = logging.getLogger("ingestion")
@@ -86,13 +88,21 @@ def run(cfg: Config, max_iterations: int, stop: runner.StopFlag) -> int:
                 path = file_queue.claim(q, accept=accept)
             if path is None:
                 break
+            budget = cfg.files_per_child if max_iterations == 0 else min(cfg.files_per_child,
+                                                                         max_iterations - tally.runs)
             oom_before = oom_kills() or 0
-            rc = _run_child(cfg, path, stop)
-            outcome = _after_child(cfg, path, rc, stop, oom_seen=(oom_kills() or 0) > oom_before)
-            tally.add(outcome)
-            advance(1)
-            if rc == EXIT_BUSY:
-                held.add(path)
+            rc, child, done = _run_child(cfg, path, budget - 1, stop)
+            stuck = _held_by(cfg, child)
+            if budget == 1 and not done and path not in stuck:
+                done = [(rc, path)]  # a one-file child's exit code is its file's outcome
+            for file_rc, file_path in done:
+                tally.add(_outcome_name(file_rc))
+                advance(1)
+                if file_rc == EXIT_BUSY:
+                    held.add(file_path)
+            for held_path in stuck:
+                tally.add(_after_child(cfg, held_path, rc, stop, oom_seen=(oom_kills() or 0) > oom_before))
+                advance(1)
             if rc in (EXIT_AUTH, EXIT_CONFIG):
                 code = rc
                 break
@@ -111,17 +121,23 @@ def run(cfg: Config, max_iterations: int, stop: runner.StopFlag) -> int:
     return code
 
 
-def _run_child(cfg: Config, path: str, stop: runner.StopFlag) -> int:
-    """Run the child for path; on SIGTERM forward it, and kill the child after the grace period."""
-    child = subprocess.Popen([sys.executable, str(INGEST_SCRIPT), "--claimed", path], start_new_session=True)
+def _run_child(cfg: Config, path: str, more: int, stop: runner.StopFlag) -> tuple[int, int, list]:
+    """Run the child for path (and `more` files it claims itself); on SIGTERM forward it, and
+    kill the child after the grace period. Returns (exit status, child pid, [(code, path)] done)."""
+    cmd = [sys.executable, str(INGEST_SCRIPT), "--claimed", path] + (["--more", str(more)] if more > 0 else [])
+    child = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, text=True)
     with state.transaction(cfg) as (q, _):
         lease = file_queue.info(q, path).get("lease")
         if lease is not None:
             lease["child_pid"] = child.pid
+    done: list[tuple[int, str]] = []
+    reader = threading.Thread(target=_read_child, args=(child.stdout, done), daemon=True)
+    reader.start()
     forwarded_at = None
     while True:
         try:
-            return child.wait(timeout=0.5)
+            rc = child.wait(timeout=0.5)
+            break
         except subprocess.TimeoutExpired:
             pass
         if stop() and forwarded_at is None:
@@ -129,15 +145,39 @@ def _run_child(cfg: Config, path: str, stop: runner.StopFlag) -> int:
             forwarded_at = time.monotonic()
         elif forwarded_at is not None and time.monotonic() - forwarded_at > GRACE_SECONDS:
             child.kill()
+    reader.join(timeout=5)
+    return rc, child.pid, done
+
+
+def _read_child(stream, done: list) -> None:
+    """Pass the child's output on, keeping its `@@done CODE PATH` lines for the tally."""
+    for line in stream:
+        if line.startswith("@@done "):
+            code, _, path = line[len("@@done "):].rstrip("\n").partition(" ")
+            done.append((int(code), path))
+        else:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+
+def _held_by(cfg: Config, child_pid: int) -> list[str]:
+    """Files still in processing under this worker or that child: it died without an outcome."""
+    with state.transaction(cfg) as (q, _):
+        return [p for p in q["processing"]
+                if (lease := file_queue.info(q, p).get("lease") or {}).get("child_pid") == child_pid
+                or (lease.get("pid") == os.getpid() and lease.get("host") == socket.gethostname())]
+
+
+def _outcome_name(code: int) -> str:
+    return {EXIT_OK: "completed", EXIT_FILE_FAILED: "failed", EXIT_MEMORY: "split", EXIT_BUSY: "held elsewhere",
+            EXIT_INTERRUPTED: "released", EXIT_API_DOWN: "requeued"}.get(code, f"exit {code}")
 
 
 def _after_child(cfg: Config, path: str, rc: int, stop: runner.StopFlag, oom_seen: bool) -> str:
     """Make sure the file left processing; returns the outcome's name."""
     with state.transaction(cfg) as (q, _):
         where = file_queue.where(q, path)
-        lease = file_queue.info(q, path).get("lease") or {}
-        ours = where == "processing" and lease.get("pid") == os.getpid()
-        if not ours:
+        if where != "processing":
             return {"completed": "completed", "failed": "failed", "pending": "requeued",
                     None: "split"}.get(where, where or "split")
         if rc == -signal.SIGKILL:

@@ -20,8 +20,10 @@ from conftest import ROOT, SAMPLE_TRANSCRIPT, Project
 
 CORPUS = {f"day{n}/session-{n}.txt": "\n\n".join(
     f"[00:{m:02d}:00] SPEAKER{m % 3}: " + SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}-{m}")
-    for m in range(6)) for n in range(6)}
-SLOW = {"EMBED_BATCH_SIZE": "2", "EMBED_CONCURRENCY": "2"}
+    for m in range(20)) for n in range(6)}
+# one chunk a request, one request in flight: a kill loses at most one paid chunk, so the
+# 10% bound on tokens holds on this small corpus as it does on a real one
+SLOW = {"EMBED_BATCH_SIZE": "1", "EMBED_CONCURRENCY": "1"}
 
 
 def fill(project: Project) -> None:
@@ -95,14 +97,14 @@ def finish_and_compare(project: Project, clean, api) -> None:
     assert api.stats()["tokens"] <= clean_tokens * 1.10
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_kill_9_of_the_child_at_random_moments(project, api, clean, seed):
+@pytest.mark.parametrize("seed,files_per_child", [(0, 1), (1, 1), (2, 3)])
+def test_kill_9_of_the_child_at_random_moments(project, api, clean, seed, files_per_child):
     rnd = random.Random(seed)
     fill(project)
     project.run("generate_file_queue.py")
     api.set_faults(latency_ms=20)
     for _ in range(3):
-        worker = start_worker(project)
+        worker = start_worker(project, FILES_PER_CHILD=str(files_per_child))
         pid = child_pid(project)
         time.sleep(rnd.uniform(0.0, 2.5))
         pid = child_pid(project, timeout=1) or pid
@@ -199,10 +201,11 @@ def test_sigterm_releases_or_finishes_the_current_file(project, api, clean):
     finish_and_compare(project, clean, api)
 
 
-def test_three_workers_at_once_process_each_file_once(project, api, clean):
+@pytest.mark.parametrize("files_per_child", [1, 4])
+def test_three_workers_at_once_process_each_file_once(project, api, clean, files_per_child):
     fill(project)
     project.run("generate_file_queue.py")
-    workers = [start_worker(project) for _ in range(3)]
+    workers = [start_worker(project, FILES_PER_CHILD=str(files_per_child)) for _ in range(3)]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert [w.returncode for w in workers] == [0, 0, 0], outputs
     completions = [line for _, err in outputs for line in err.splitlines() if " INFO completed " in line]

@@ -143,6 +143,18 @@ def test_empty_queue_says_so_and_exits_zero(project):
     assert "queue is empty" in r.stdout
 
 
+def test_files_per_child_stores_the_same_content(project, api):
+    project.add_real()
+    project.add("sample.txt", SAMPLE_TRANSCRIPT)
+    project.run("generate_file_queue.py")
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="2", FILES_PER_CHILD="5")
+    assert "2 files run (2 completed)" in r.stdout, r.stdout + r.stderr
+    assert len(project.queue["pending"]) == 1  # MAX_ITERATIONS still counts files, not children
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", FILES_PER_CHILD="5")
+    assert "1 files run (1 completed)" in r.stdout
+    assert api.stats()["tokens"] == sum(m["token_count"] for _, m in project.chunks().values())
+
+
 def test_max_iterations_limits_files_per_run(project):
     for n in range(3):
         project.add(f"t{n}.txt", SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}"))

@@ -56,13 +56,55 @@ def oom_kills() -> int | None:
     return None
 
 
+BYTES_PER_DIMENSION = 4.1  # measured: ~6.3 KB of RAM per 1536-dimension vector in an HNSW index
+WARN_AT = 0.75
+
+
+def memory_budget_bytes() -> int | None:
+    """This machine's (or container's) memory: cgroup limit, else MemTotal."""
+    for path, scale in (("/sys/fs/cgroup/memory.max", 1), ("/proc/meminfo", 1024)):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("memory.max"):
+            if text.strip().isdigit():
+                return int(text)
+            continue
+        for line in text.splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * scale
+    return None
+
+
+def capacity_warning(cfg: Config, vectors: int) -> str | None:
+    """In embedded mode every process that opens the store loads its whole index: warn near the limit."""
+    from ingestion.store import model_dimensions
+
+    budget = memory_budget_bytes()
+    dims = model_dimensions(cfg)
+    if cfg.remote_store or not budget or not dims:
+        return None
+    need = vectors * dims * BYTES_PER_DIMENSION
+    if need < WARN_AT * budget:
+        return None
+    fits = int(budget * 0.9 / (dims * BYTES_PER_DIMENSION))
+    return (f"the embedded store holds about {vectors:,} vectors of {dims} dimensions (~{need / 2**30:.1f} GB of index "
+            f"loaded by every ingesting process); this machine has {budget / 2**30:.1f} GB, room for about "
+            f"{fits:,}. Use a Chroma server (CHROMA_HOST), fewer EMBEDDING_DIMENSIONS, or more memory")
+
+
 def prepare(cfg: Config) -> None:
     """Queue if missing; stale leases back to pending; finished split files completed."""
     if not cfg.queue_path.exists():
         summary, q = scan.refresh(cfg)
         print(summary.line(q))
-    with state.transaction(cfg) as (q, _):
+    with state.transaction(cfg) as (q, c):
         stale = file_queue.release_stale(q, cfg.lease_seconds)
+        vectors = sum(d.get("chunks") or 0 for d in c["processed_files"].values())
+    warning = capacity_warning(cfg, vectors)
+    if warning:
+        log.warning("%s", warning)
         ready = [p for p, e in q["files"].items()
                  if e.get("parts") and all(file_queue.where(q, x) == "completed" for x in e["parts"])]
     for path in stale:

@@ -191,9 +191,9 @@ def test_capacity_warning_before_the_embedded_index_outgrows_memory(cfg, monkeyp
 
     monkeypatch.setattr(worker, "memory_budget_bytes", lambda: 4 * 2**30)  # a 4 GB machine
     assert worker.capacity_warning(cfg, 100_000) is None
-    warning = worker.capacity_warning(cfg, 500_000)
+    warning = worker.capacity_warning(cfg, 550_000)
     assert "room for about 613," in warning and "CHROMA_HOST" in warning
     monkeypatch.setenv("EMBEDDING_DIMENSIONS", "512")  # a third of the dimensions: three times the room
-    assert worker.capacity_warning(settings.load(), 500_000) is None
+    assert worker.capacity_warning(settings.load(), 550_000) is None
     monkeypatch.setenv("CHROMA_HOST", "chroma.internal")  # the server holds the index, not us
     assert worker.capacity_warning(settings.load(), 10_000_000) is None

@@ -101,12 +101,12 @@ def prepare(cfg: Config) -> None:
         print(summary.line(q))
     with state.transaction(cfg) as (q, c):
         stale = file_queue.release_stale(q, cfg.lease_seconds)
+        ready = [p for p, e in q["files"].items()
+                 if e.get("parts") and all(file_queue.where(q, x) == "completed" for x in e["parts"])]
         vectors = sum(d.get("chunks") or 0 for d in c["processed_files"].values())
     warning = capacity_warning(cfg, vectors)
     if warning:
         log.warning("%s", warning)
-        ready = [p for p, e in q["files"].items()
-                 if e.get("parts") and all(file_queue.where(q, x) == "completed" for x in e["parts"])]
     for path in stale:
         log.warning("returned %s to pending: its process is gone or its lease expired", path)
     for original in ready:

@@ -53,9 +53,10 @@ def make_client(cfg: Config):
             return chromadb.HttpClient(host=cfg.chroma_host, port=cfg.chroma_port, ssl=cfg.chroma_ssl,
                                        headers=headers, settings=settings)
     except Exception as e:  # remote clients check the server at once
-        where = "Chroma Cloud" if cfg.chroma_api_key else f"the Chroma server at {cfg.chroma_host}:{cfg.chroma_port}"
-        raise ConfigError(f"cannot reach {where}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") \
-            from None
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        if cfg.chroma_api_key:
+            raise ConfigError(f"cannot reach Chroma Cloud: {why}") from None
+        raise ConfigError(f"cannot reach the Chroma server at {cfg.chroma_host}:{cfg.chroma_port}: {why}") from None
     cfg.chroma_path.mkdir(parents=True, exist_ok=True)
     return chromadb.PersistentClient(path=str(cfg.chroma_path), settings=settings)
 

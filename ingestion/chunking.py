@@ -67,7 +67,14 @@ def encoding() -> tiktoken.Encoding:
     """cl100k_base, the tokenizer of every OpenAI embeddings model (loaded once)."""
     global _encoding
     if _encoding is None:
-        _encoding = tiktoken.get_encoding("cl100k_base")
+        try:
+            _encoding = tiktoken.get_encoding("cl100k_base")
+        except Exception as e:  # tiktoken downloads its file on first use; offline that fails
+            from ingestion.errors import ConfigError
+
+            raise ConfigError("cannot load tiktoken's cl100k_base file (no network and no cached copy: "
+                              f"{type(e).__name__}); set TIKTOKEN_CACHE_DIR to a folder holding it, "
+                              "see README (tools/seed_tiktoken_cache.py)") from None
     return _encoding
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def check_ready(cfg: Config, need_key: bool = True) -> None:
     if need_key:
         from ingestion.embeddings import openai_api_key
         openai_api_key()
+    from ingestion.chunking import encoding
+    encoding()  # the tokenizer file must be there before a file is claimed
 
 
 def allowed_roots(cfg: Config) -> list[Path]:
@@ -65,29 +68,51 @@ def allowed_roots(cfg: Config) -> list[Path]:
 
 def ingest_several(cfg: Config, first: str, more: int, stop: StopFlag) -> int:
     """The worker's child with FILES_PER_CHILD > 1: the claimed file, then up to `more` others it
-    claims itself, in one process with one open store, until the queue is empty, an error that
-    concerns every file, a signal, or its RSS passes CHILD_MAX_RSS_MB (then a fresh child goes on).
-    Prints one `@@done CODE PATH` line per file for the worker's tally."""
+    claims itself, FILE_CONCURRENCY at a time, in one process with one open store, until the
+    queue is empty, an error that concerns every file, a signal, or its RSS passes
+    CHILD_MAX_RSS_MB (then a fresh child goes on). Several files at once hide each file's
+    round trips to the API behind the others' work. Prints one `@@done CODE PATH` line per
+    file for the worker's tally; returns the first code that ended it, else 0."""
     from ingestion.scan import shard_filter
     from ingestion.settings import raw
 
     check_ready(cfg)
     embedder = Embedder(cfg)
     accept = shard_filter(raw("WORKER_SHARD"), cfg.transcripts_dir)
-    path, claimed, code = first, True, EXIT_OK
-    with Store(cfg) as store:
-        while path is not None:
-            code = ingest_one(cfg, path, claimed=claimed, stop=stop, embedder=embedder, store=store)
+    lock = threading.Lock()
+    budget = [more]
+    ending = [EXIT_OK]
+    first_file = [first]
+
+    def next_file() -> str | None:
+        with lock:
+            if first_file[0]:
+                path, first_file[0] = first_file[0], None
+                return path
+            if ending[0] != EXIT_OK or stop() or budget[0] <= 0 or rss_mb() > cfg.child_max_rss_mb:
+                return None
+            budget[0] -= 1
+        with state.transaction(cfg) as (q, _):
+            path = file_queue.claim(q, accept=accept)
+            if path is not None:
+                file_queue.info(q, path)["lease"]["child_pid"] = os.getpid()
+        return path
+
+    def work() -> None:
+        while (path := next_file()) is not None:
+            code = ingest_one(cfg, path, claimed=True, stop=stop, embedder=embedder, store=store)
             print(f"@@done {code} {path}", flush=True)
-            if code not in (EXIT_OK, EXIT_FILE_FAILED) or stop() or more <= 0 or rss_mb() > cfg.child_max_rss_mb:
-                break
-            more -= 1
-            with state.transaction(cfg) as (q, _):
-                path = file_queue.claim(q, accept=accept)
-                if path is not None:
-                    file_queue.info(q, path)["lease"]["child_pid"] = os.getpid()
-            claimed = True
-    return code
+            if code not in (EXIT_OK, EXIT_FILE_FAILED):
+                with lock:
+                    ending[0] = ending[0] or code
+
+    with Store(cfg) as store:
+        threads = [threading.Thread(target=work) for _ in range(min(cfg.file_concurrency, more + 1))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return ending[0]
 
 
 def ingest_one(cfg: Config, path: str | None = None, claimed: bool = False, stop: StopFlag | None = None,

@@ -48,6 +48,7 @@ SETTINGS = [
     Setting("EMBED_CONCURRENCY", "4", "embeddings requests in flight at once"),
     Setting("MAX_ITERATIONS", "1", "files per worker run; 0 means until the queue is empty"),
     Setting("FILES_PER_CHILD", "1", "files one worker subprocess takes before it is replaced (1: a fresh process per file)"),
+    Setting("FILE_CONCURRENCY", "2", "files a worker subprocess ingests at once (FILES_PER_CHILD > 1)"),
     Setting("CHILD_MAX_RSS_MB", "1500", "a worker subprocess above this RSS takes no further file (FILES_PER_CHILD > 1)"),
     Setting("WORKER_SHARD", None, "i/N: this worker takes only the files whose path hash falls in shard i of N"),
     Setting("MAX_ATTEMPTS", "3", "tries per file after transient API errors before it is failed"),
@@ -126,6 +127,7 @@ class Config:
     max_iterations: int
     files_per_child: int
     child_max_rss_mb: int
+    file_concurrency: int
     max_attempts: int
     lease_seconds: int
     memory_limit_mb: int | None
@@ -186,6 +188,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Config:
         max_iterations=_int("MAX_ITERATIONS", 0),
         files_per_child=_int("FILES_PER_CHILD", 1),
         child_max_rss_mb=_int("CHILD_MAX_RSS_MB", 100),
+        file_concurrency=_int("FILE_CONCURRENCY", 1, 16),
         max_attempts=_int("MAX_ATTEMPTS", 1),
         lease_seconds=_int("LEASE_SECONDS", 10),
         memory_limit_mb=_int("MEMORY_LIMIT_MB", 1) if memory else None,

@@ -50,6 +50,7 @@ class Pacer:
     def __init__(self, path: Path | None):
         self.path = path
         self._lock = threading.Lock()
+        self._in_flight = 0
 
     def _update(self, change) -> float:
         """Apply change(state, now) to the shared state; returns seconds to wait (0: go)."""
@@ -92,8 +93,14 @@ class Pacer:
         while (wait := self._update(take)) > 0:
             log.debug("pacing: waiting %.2fs to stay under the rate limit", wait)
             time.sleep(min(wait, 5.0))
+        with self._lock:
+            self._in_flight += tokens
 
     def after(self, headers, tokens: int) -> None:
+        with self._lock:
+            self._in_flight -= tokens
+            others = self._in_flight  # sent by this process, not yet counted in these headers
+
         def learn(state, now):
             for kind, size in (("tokens", tokens), ("requests", 1)):
                 try:
@@ -103,15 +110,22 @@ class Pacer:
                     continue
                 b = state.get(kind)
                 capacity = max(limit * self.BURST, size)
+                in_flight = others if kind == "tokens" else 0
                 if not b or b["limit"] != limit:
-                    # what the window already holds was sent just now, unpaced: draw it from the bucket
-                    level = capacity - (limit - remaining)
+                    # what the window holds, and what is still on its way, was sent just now,
+                    # unpaced: draw it from the bucket
+                    level = capacity - (limit - remaining) - in_flight
                     b = state[kind] = {"limit": limit, "capacity": capacity, "level": level, "at": now}
                 b["capacity"] = max(b["capacity"], capacity)
-                b["level"] = min(b["level"], remaining)
+                b["level"] = min(b["level"], remaining - in_flight)
             return 0.0
 
         self._update(learn)
+
+    def forget(self, tokens: int) -> None:
+        """A request that got no answer: it is no longer on its way."""
+        with self._lock:
+            self._in_flight -= tokens
 
 
 class Embedder:
@@ -130,9 +144,26 @@ class Embedder:
     def embed(self, texts: list[str], tokens: int) -> list[list[float]]:
         """Vectors for texts, in order. tokens: their token count, for pacing."""
         self.pacer.before(tokens)
+        try:
+            raw = self._call(texts)
+        except BaseException:
+            self.pacer.forget(tokens)
+            raise
+        self.pacer.after(raw.headers, tokens)
+        response = raw.parse()
+        with self._count_lock:
+            self.requests += 1
+            self.tokens_sent += response.usage.total_tokens if response.usage else tokens
+        vectors = [None] * len(texts)
+        for item in response.data:
+            vectors[item.index] = list(item.embedding)
+        return vectors
+
+    def _call(self, texts: list[str]):
+        """One request (the SDK retries it); the SDK's errors become ours."""
         extra = {"dimensions": self.dimensions} if self.dimensions else {}
         try:
-            raw = self.client.embeddings.with_raw_response.create(model=self.model, input=texts, **extra)
+            return self.client.embeddings.with_raw_response.create(model=self.model, input=texts, **extra)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise AuthFailed(f"the embeddings API refused the key (HTTP {e.status_code}): "
                              "check OPENAI_API_KEY (and OPENAI_BASE_URL)") from None
@@ -147,15 +178,6 @@ class Embedder:
         except openai.APIConnectionError as e:
             kind = "timed out" if isinstance(e, openai.APITimeoutError) else "could not be reached"
             raise ApiUnavailable(f"the embeddings API {kind} after {self.client.max_retries} retries") from None
-        self.pacer.after(raw.headers, tokens)
-        response = raw.parse()
-        with self._count_lock:
-            self.requests += 1
-            self.tokens_sent += response.usage.total_tokens if response.usage else tokens
-        vectors = [None] * len(texts)
-        for item in response.data:
-            vectors[item.index] = list(item.embedding)
-        return vectors
 
 
 def openai_api_key() -> str:

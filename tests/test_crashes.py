@@ -69,7 +69,10 @@ def wait_for_orphans(project: Project, timeout: float = 60) -> None:
     """After the worker is killed its child finishes on its own; wait for it."""
     end = time.time() + timeout
     while time.time() < end:
-        q = project.queue
+        try:
+            q = project.queue
+        except FileNotFoundError:  # killed before it wrote a queue
+            return
         alive = [p for p in q["processing"] if _alive((q["files"][p].get("lease") or {}).get("child_pid"))]
         if not alive:
             return

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import codecs
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 
 import pytest
 
-from conftest import REAL, SAMPLE_TRANSCRIPT
+from conftest import REAL, ROOT, SAMPLE_TRANSCRIPT
 from ingestion import file_queue, settings, splitter, state, statefile, textfile
 from ingestion.errors import FileRejected, StateFileError
 
@@ -20,21 +21,22 @@ def cfg(tmp_path, monkeypatch):
     return settings.load()
 
 
-def _add_pending(cfg_env, n):
-    os.environ.update(cfg_env)
-    cfg = settings.load()
-    for i in range(n):
-        with state.transaction(cfg) as (q, _):
-            q["pending"].append(f"/x/{os.getpid()}-{i}")
+ADD_PENDING = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from ingestion import settings, state
+cfg = settings.load()
+for i in range(40):
+    with state.transaction(cfg) as (q, _):
+        q["pending"].append(f"/x/{os.getpid()}-{i}")
+"""
 
 
 def test_concurrent_transactions_lose_no_update(cfg):
-    env = {"CHECKPOINT_DIR": str(cfg.checkpoint_dir), "TRANSCRIPTS_DIR": str(cfg.transcripts_dir)}
-    procs = [multiprocessing.get_context("fork").Process(target=_add_pending, args=(env, 40)) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    # real processes (not fork: a forked multi-threaded test process can deadlock)
+    env = {**os.environ, "CHECKPOINT_DIR": str(cfg.checkpoint_dir), "TRANSCRIPTS_DIR": str(cfg.transcripts_dir)}
+    procs = [subprocess.Popen([sys.executable, "-c", ADD_PENDING, str(ROOT)], env=env) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     q = json.loads(cfg.queue_path.read_text())
     assert len(q["pending"]) == 120 and len(set(q["pending"])) == 120
 

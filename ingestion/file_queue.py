@@ -155,17 +155,19 @@ def retry_later(q: dict, path: str, reason: str, max_attempts: int) -> bool:
 
 
 def replace_with_parts(q: dict, path: str, parts: list[str], original: str) -> None:
-    """A file that ran out of memory: its parts go first in pending; it leaves the lists."""
+    """A file that ran out of memory: its parts go first in pending; it leaves the lists.
+
+    The original then waits (in no list) for its `parts`; a part split again is
+    replaced by its own parts in that list."""
     move(q, path, None)
-    entry = info(q, path)
-    entry.pop("lease", None)
-    entry["split_into"] = parts
     if path == original:
+        entry = info(q, path)
+        entry.pop("lease", None)
         entry["parts"] = parts
-    else:  # a part split again: its original now waits for the new parts instead
-        orig = info(q, original)
-        i = orig.get("parts", []).index(path) if path in orig.get("parts", []) else len(orig.get("parts", []))
-        orig["parts"] = orig.get("parts", [])[:i] + parts + orig.get("parts", [])[i + 1:]
+    else:
+        siblings = info(q, original).get("parts", [])
+        i = siblings.index(path) if path in siblings else len(siblings)
+        info(q, original)["parts"] = siblings[:i] + parts + siblings[i + 1:]
         q["files"].pop(path, None)
     for part in reversed(parts):
         info(q, part)["part_of"] = original

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import resource
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,6 +76,40 @@ class _Batch:
     vectors: dict[int, list[float]]  # position -> vector already known
     future: Future | None
     tokens: int
+    mine: list[int] = field(default_factory=list)  # positions this batch's request embeds
+    borrowed: dict[int, tuple[Future, int]] = field(default_factory=dict)  # position -> another request's
+
+
+# Texts being embedded right now in this process (content hash -> (request, position)):
+# files ingested side by side (FILE_CONCURRENCY) that share a text pay for it once.
+_EMBEDDING: dict[str, tuple[Future, int]] = {}
+_EMBEDDING_LOCK = threading.Lock()
+
+
+def _submit(pool: ThreadPoolExecutor, embed, b: _Batch) -> None:
+    """Send what the batch still needs, borrowing texts another file's request already carries."""
+    with _EMBEDDING_LOCK:
+        for i in range(len(b.ids)):
+            if i in b.vectors:
+                continue
+            shared = _EMBEDDING.get(b.metadatas[i]["content_sha256"])
+            if shared:
+                b.borrowed[i] = shared
+            else:
+                b.mine.append(i)
+        b.tokens = sum(b.metadatas[i]["token_count"] for i in b.mine)
+        if b.mine:
+            b.future = pool.submit(embed, [b.texts[i] for i in b.mine], b.tokens)
+            for k, i in enumerate(b.mine):
+                _EMBEDDING[b.metadatas[i]["content_sha256"]] = (b.future, k)
+
+
+def _forget(b: _Batch) -> None:
+    with _EMBEDDING_LOCK:
+        for i in b.mine:
+            h = b.metadatas[i]["content_sha256"]
+            if _EMBEDDING.get(h, (None,))[0] is b.future:
+                del _EMBEDDING[h]
 
 
 def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[list[float]]],
@@ -91,12 +126,17 @@ def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[lis
     now = int(time.time())
 
     def write(b: _Batch) -> None:
-        if b.future is not None:
-            vectors = b.future.result()
-            for pos, vec in zip([i for i in range(len(b.ids)) if i not in b.vectors], vectors):
-                b.vectors[pos] = vec
-            result.embedded_tokens += b.tokens
-            result.requests += 1
+        try:
+            if b.future is not None:
+                vectors = b.future.result()
+                for k, i in enumerate(b.mine):
+                    b.vectors[i] = vectors[k]
+                result.embedded_tokens += b.tokens
+                result.requests += 1
+            for i, (future, k) in b.borrowed.items():
+                b.vectors[i] = future.result()[k]
+        finally:
+            _forget(b)
         order = sorted(b.vectors)
         store.add([b.ids[i] for i in order], [b.vectors[i] for i in order],
                   [b.texts[i] for i in order], [b.metadatas[i] for i in order])
@@ -116,9 +156,7 @@ def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[lis
             for group in batches(chunks, cfg.embed_batch_size):
                 b = _plan(store, group, source, file_sha256, part, info.encoding, now, result)
                 if b is not None:
-                    todo = [b.texts[i] for i in range(len(b.ids)) if i not in b.vectors]
-                    if todo:
-                        b.future = pool.submit(embed, todo, b.tokens)
+                    _submit(pool, embed, b)
                     in_flight.append(b)
                 while len(in_flight) > cfg.embed_concurrency or (in_flight and in_flight[0].future is None):
                     write(in_flight.popleft())
@@ -172,8 +210,7 @@ def _plan(store: Store, group: list[chunking.Chunk], source: str, file_sha256: s
     known = store.embeddings_by_content([m["content_sha256"] for m in metas])
     vectors = {i: known[m["content_sha256"]] for i, m in enumerate(metas) if m["content_sha256"] in known}
     result.reused += len(vectors)
-    tokens = sum(m["token_count"] for i, m in enumerate(metas) if i not in vectors)
-    return _Batch(ids, texts, metas, vectors, None, tokens)
+    return _Batch(ids, texts, metas, vectors, None, 0)
 
 
 def _position(meta: dict) -> tuple:

@@ -45,7 +45,9 @@ WORK = BENCH / "work"
 PEERS = BENCH / "peers"
 RESULTS_MD = BENCH / "RESULTS.md"
 RESULTS_DIR = BENCH / "results"
-DEFAULT_PROJECT_PYTHON = "/tmp/venv/bin/python"
+# the project's own venv (made by ./run_tests.sh), else the one these numbers were taken with
+DEFAULT_PROJECT_PYTHON = next((p for p in (str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"),
+                               "/tmp/venv/bin/python") if os.path.exists(p)), "/tmp/venv/bin/python")
 CONTENDERS = ("project", "langchain", "llamaindex")
 TITLES = {"project": "this project", "langchain": "LangChain", "llamaindex": "LlamaIndex"}
 
@@ -93,7 +95,7 @@ def parse_args(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep the Chroma directories of every run")
     ap.add_argument("--project-python", default=os.environ.get("BENCH_PROJECT_PYTHON") or (
         DEFAULT_PROJECT_PYTHON if os.path.exists(DEFAULT_PROJECT_PYTHON) else sys.executable),
-        help="Python with the project's requirements (default /tmp/venv/bin/python when present)")
+        help="Python with the project's requirements (default: the project's .venv when present)")
     ap.add_argument("--peer-base-python", default=shutil.which("python3") or sys.executable,
                     help="Python used to create the peers' venvs (default: python3 on PATH)")
     args = ap.parse_args(argv)
@@ -127,8 +129,13 @@ def reexec_with_project_python(args) -> None:
 
 
 def ensure_tiktoken_cache() -> None:
-    if not os.environ.get("TIKTOKEN_CACHE_DIR") and os.path.isdir("/tmp/tkcache"):
-        os.environ["TIKTOKEN_CACHE_DIR"] = "/tmp/tkcache"
+    """Offline, tiktoken needs a seeded cache: the project's (./run_tests.sh seeds it), else /tmp/tkcache."""
+    if os.environ.get("TIKTOKEN_CACHE_DIR"):
+        return
+    for cache in (Path(__file__).resolve().parent.parent / ".cache" / "tiktoken", Path("/tmp/tkcache")):
+        if cache.is_dir():
+            os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+            return
 
 
 def ensure_venv(name: str, base_python: str) -> str:

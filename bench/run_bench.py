@@ -186,6 +186,21 @@ def subset(corpus: Path, files: list[Path], n: int) -> Path:
     return out
 
 
+SET_BY_BENCH = {"TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "CHROMA_PATH", "OPENAI_API_KEY", "OPENAI_BASE_URL",
+                "CHUNK_MAX_TOKENS", "CHUNK_OVERLAP_TOKENS", "MAX_ITERATIONS"}
+
+
+def project_env() -> dict[str, str]:
+    """The project's settings found in this environment: they reach its commands (e.g. FILES_PER_CHILD)."""
+    try:
+        from ingestion.settings import SETTINGS
+        names = {s.name for s in SETTINGS}
+    except Exception:
+        return {}
+    return {k: os.environ[k] for k in sorted(names - SET_BY_BENCH) if os.environ.get(k)
+            and "KEY" not in k and "TOKEN" not in k}
+
+
 def pip_versions(py: str, names: list[str]) -> dict[str, str]:
     code = ("import json,sys\nfrom importlib.metadata import version\nout={}\n"
             "for n in sys.argv[1:]:\n  try: out[n]=version(n)\n  except Exception: out[n]='-'\n"
@@ -426,6 +441,8 @@ def render(report: dict) -> str:
              "Versions: " + "; ".join(
                  f"{TITLES[k]}: " + ", ".join(f"{n} {v}" for n, v in vs.items())
                  for k, vs in f["versions"].items() if vs) + ".  ",
+             "Project settings taken from the environment: " + (", ".join(
+                 f"{k}={v}" for k, v in f.get("project_env", {}).items()) or "none (its defaults)") + ".  ",
              f"Corpus: {c['files']} files, {c['bytes'] / 2**20:.2f} MiB, {c['tokens']:,} tokens (cl100k_base), "
              f"`{c['path']}`.  ",
              f"Server: latency {a['latency_ms']:g} ms + {a['latency_per_1k_ms']:g} ms per 1k tokens, "
@@ -566,6 +583,7 @@ def main(argv=None) -> int:
     log(f"corpus: {corpus_info['files']} files, {corpus_info['bytes'] / 2**20:.2f} MiB, "
         f"{corpus_info['tokens']:,} tokens")
     facts = machine_facts(pythons)
+    facts["project_env"] = project_env()
     runs_root = WORK / "runs" / args.label
     server_opts = dict(latency_ms=args.latency_ms, latency_per_1k_ms=args.latency_per_1k_ms, tpm=args.tpm or None,
                        rpm=args.rpm or None, fault_rate=args.fault_rate or None)

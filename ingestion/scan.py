@@ -223,6 +223,7 @@ def estimate_tokens(cfg: Config, paths: list[str], progress=None) -> tuple[int, 
 
     Returns (tokens, chunks, [(path, why)] for files that could not be read)."""
     from ingestion import chunking
+    from ingestion.ingest import sha256_text
 
     tokens = chunks = 0
     unreadable = []
@@ -232,7 +233,7 @@ def estimate_tokens(cfg: Config, paths: list[str], progress=None) -> tuple[int, 
             info = textfile.inspect(Path(path))
             for c in chunking.iter_chunks(textfile.iter_text(Path(path), info), cfg.chunk_max_tokens,
                                           cfg.chunk_overlap_tokens):
-                key = hashlib.sha256(c.text.encode("utf-8", "surrogatepass")).hexdigest()
+                key = sha256_text(c.text)
                 chunks += 1
                 if key not in seen:
                     seen.add(key)

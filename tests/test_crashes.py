@@ -17,6 +17,7 @@ import time
 import pytest
 
 from conftest import ROOT, SAMPLE_TRANSCRIPT, Project
+from ingestion.file_queue import pid_alive
 
 CORPUS = {f"day{n}/session-{n}.txt": "\n\n".join(
     f"[00:{m:02d}:00] SPEAKER{m % 3}: " + SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}-{m}")
@@ -73,21 +74,10 @@ def wait_for_orphans(project: Project, timeout: float = 60) -> None:
             q = project.queue
         except FileNotFoundError:  # killed before it wrote a queue
             return
-        alive = [p for p in q["processing"] if _alive((q["files"][p].get("lease") or {}).get("child_pid"))]
+        alive = [p for p in q["processing"] if pid_alive((q["files"][p].get("lease") or {}).get("child_pid"))]
         if not alive:
             return
         time.sleep(0.1)
-
-
-def _alive(pid):
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def finish_and_compare(project: Project, clean, api) -> None:

@@ -1,15 +1,20 @@
 """The deployment files, checked without Docker or Render.
 
-Dockerfile.ingest, .dockerignore, render.yaml, render.worker.yaml and the Render guide
-must agree with the repository and with each other: every path the image copies
-exists, every command they give runs a script that exists and whose `--help` works,
-every flag the guide uses is one the script accepts, secrets are never values, and the
-shell snippets (the privilege-dropping helper, the worker loop) behave as documented.
+Dockerfile.ingest, .dockerignore, render.yaml, render.worker.yaml, deploy/worker_loop.sh
+and the Render guide must agree with the repository, with each other and with Render's
+Blueprint spec (render.com/docs/blueprint-spec, read 2026-11-29): every path the image
+copies exists, every command they give runs a script that exists and whose `--help`
+works, every flag the guide uses is one the script accepts, plan names are the spec's,
+every service that embeds gets the API key from the Dashboard-made environment group,
+secrets are never values, the Chroma service rebuilds only for what its image needs,
+the shutdown delay covers the release of a file, and the shell scripts (the
+privilege-dropping helper, the worker loop) behave as documented.
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import pwd
 import re
 import shlex
@@ -33,14 +38,36 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 BLUEPRINT = ROOT / "render.yaml"
 WORKER_BLUEPRINT = ROOT / "render.worker.yaml"
 GUIDE = ROOT / "RENDER_INGESTION_WORKER_INSTRUCTIONS.md"
+LOOP = ROOT / "deploy" / "worker_loop.sh"
 HELPER = "run-as-ingest"
 HELPER_PATH = "/usr/local/bin/run-as-ingest"
 SERVICE_TYPES = {"web", "pserv", "worker", "cron", "keyvalue"}
-PLANS = {"starter", "standard", "pro", "pro_plus", "pro_max", "pro_ultra"}
+# Blueprint spec, `plan`: "free (not available for private services, background workers, or
+# cron jobs), starter, standard, pro, pro plus", and for web services, private services and
+# background workers only, "pro max, pro ultra". Spelled with spaces.
+PLANS = {"starter", "standard", "pro", "pro plus"}
+BIG_PLANS = {"pro max", "pro ultra"}
+BIG_PLAN_TYPES = {"web", "pserv", "worker"}
+# Blueprint spec: maxShutdownDelaySeconds is for "Web services, private services, and
+# background workers only", "an integer between 1 and 300", default 30.
+SHUTDOWN_DELAY_TYPES = {"web", "pserv", "worker"}
+SHUTDOWN_DELAY_MAX = 300
+# After the last embeddings request returns, the file's process stops between batches and
+# writes the release; after it has gone, the worker records the outcome and exits.
+RELEASE_SECONDS = 10
+EXIT_SECONDS = 10
+# render.com/docs/private-network: ports that "cannot be used for private network communication".
+RESERVED_PRIVATE_PORTS = {10000, 18012, 18013, 19099}
+# The environment group made in the Dashboard that holds OPENAI_API_KEY (guide, section 2).
+SECRET_GROUP = "transcripts-secrets"
+# What `chroma run` depends on: the image recipe, what the build sees, the pinned chromadb.
+CHROMA_IMAGE_INPUTS = {"Dockerfile.ingest", ".dockerignore", "requirements.ingest.txt"}
 SECRET_KEY = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
 SCRIPT_CALL = re.compile(r"\bpython3?\s+(?:/app/)?ingestion/(\w+)\.py")
 # settings the image or the helper reads besides the pipeline's own
 IMAGE_SETTINGS = {"WRITABLE_DIRS", "TIKTOKEN_CACHE_DIR"}
+# the scripts that call the embeddings API, so need OPENAI_API_KEY (the worker runs ingest_one_file's code)
+EMBEDDING_SCRIPTS = {"ingest_one_file", "process_queue_worker", "query_chromadb"}
 
 
 # ---- reading the files ----------------------------------------------------------------
@@ -140,7 +167,7 @@ def command_words(command: str) -> list[str]:
     """A dockerCommand as an argument vector, without the leading run-as-ingest."""
     words = shlex.split(command)
     assert words and words[0] in (HELPER, HELPER_PATH), \
-        f"dockerCommand must start with {HELPER} (Render replaces the ENTRYPOINT): {command!r}"
+        f"dockerCommand must start with {HELPER} (Render's docs do not say it keeps the ENTRYPOINT): {command!r}"
     return words[1:]
 
 
@@ -155,11 +182,85 @@ def all_commands() -> list[tuple[str, str]]:
     return out
 
 
+def image_to_repo(path: str) -> Path | None:
+    """The repository file the Dockerfile copies to `path` in the image (None: not copied)."""
+    for kw, args in final_stage():
+        if kw != "COPY":
+            continue
+        flags, sources, dest = copy_parts(args)
+        if "from" in flags:
+            continue
+        for source in sources:
+            if dest.rstrip("/") == path.rstrip("/"):
+                return ROOT / source
+            if dest.endswith("/") and source.endswith("/") and path.startswith(dest):
+                return ROOT / source / path[len(dest):]
+    return None
+
+
+def command_scripts(words: list[str]) -> tuple[list[str], str]:
+    """(ingestion scripts a command runs, text they were found in): a command either runs
+    python ingestion/X.py itself or is a shell script of the image that does."""
+    text = " ".join(words)
+    if words and words[0].startswith("/") and words[0].endswith(".sh"):
+        repo = image_to_repo(words[0])
+        assert repo is not None and repo.is_file(), f"{words[0]} is not copied into the image"
+        text = repo.read_text()
+    return SCRIPT_CALL.findall(text), text
+
+
 def scripts_named() -> set[str]:
-    """Scripts named by the guide, the Dockerfile and the Blueprints (raw text: this runs
-    while tests are collected, so it must not fail; the tests check the commands)."""
-    texts = [GUIDE.read_text(), DOCKERFILE.read_text(), BLUEPRINT.read_text(), WORKER_BLUEPRINT.read_text()]
+    """Scripts named by the guide, the Dockerfile, the Blueprints and the loop (raw text: this
+    runs while tests are collected, so it must not fail; the tests check the commands)."""
+    texts = [GUIDE.read_text(), DOCKERFILE.read_text(), BLUEPRINT.read_text(), WORKER_BLUEPRINT.read_text(),
+             LOOP.read_text() if LOOP.is_file() else ""]
     return {name for text in texts for name in SCRIPT_CALL.findall(text)}
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """A buildFilter path pattern (glob, relative to the repository root) against a path."""
+    rx, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            rx, i = rx + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            rx, i = rx + ".*", i + 2
+        elif pattern[i] == "*":
+            rx, i = rx + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            rx, i = rx + "[^/]", i + 1
+        else:
+            rx, i = rx + re.escape(pattern[i]), i + 1
+    return re.fullmatch(rx, path) is not None
+
+
+def rebuilds_for(svc: dict, path: str) -> bool:
+    """Whether a commit changing `path` triggers an automatic build of the service."""
+    flt = svc.get("buildFilter")
+    if not flt:
+        return True
+    included = not flt.get("paths") or any(glob_match(p, path) for p in flt["paths"])
+    return included and not any(glob_match(p, path) for p in flt.get("ignoredPaths") or [])
+
+
+# A file of each kind the image is built from (Dockerfile.ingest copies them).
+IMAGE_INPUTS = ["Dockerfile.ingest", ".dockerignore", "requirements.ingest.txt", "ingestion/worker.py",
+                "ingestion/settings.py", "deploy/worker_loop.sh", "transcripts/case/a.txt", "transcripts/b.txt"]
+NOT_IMAGE_INPUTS = ["README.md", "RENDER_INGESTION_WORKER_INSTRUCTIONS.md", "tests/test_pipeline.py",
+                    "bench/RESULTS.md", "local_openai/server.py"]
+
+
+def setting_value(svc: dict, name: str) -> str:
+    """What a setting is on a service: its value in the Blueprint, else the code's default."""
+    entry = env_vars(svc).get(name)
+    if entry is not None and "value" in entry:
+        return entry["value"]
+    assert name in settings._BY_NAME, f"{name} is not a setting of ingestion/settings.py"
+    return settings._BY_NAME[name].default
+
+
+def runs_scripts(svc: dict) -> list[str]:
+    return command_scripts(command_words(svc["dockerCommand"]))[0]
 
 
 def dockerignored(path: str) -> bool:
@@ -347,7 +448,8 @@ def test_dockerignore_keeps_out(path):
 
 
 @pytest.mark.parametrize("path", [
-    "requirements.ingest.txt", "ingestion/worker.py", "transcripts/case/a.txt", "Dockerfile.ingest"])
+    "requirements.ingest.txt", "ingestion/worker.py", "transcripts/case/a.txt", "Dockerfile.ingest",
+    "deploy/worker_loop.sh"])
 def test_dockerignore_keeps_in(path):
     assert not dockerignored(path), f"{path} is needed by the build"
 
@@ -359,16 +461,44 @@ def test_every_service_has_the_fields_render_expects(path):
     names = [s.get("name") for s in services(path)]
     assert len(set(names)) == len(names), "service names must be unique"
     for svc in services(path):
-        assert svc.get("type") in SERVICE_TYPES and svc.get("name") and svc.get("runtime") == "docker", svc
-        assert svc.get("plan") in PLANS, f"{svc['name']}: plan {svc.get('plan')!r}"
+        kind = svc.get("type")
+        assert kind in SERVICE_TYPES and svc.get("name") and svc.get("runtime") == "docker", svc
         assert svc.get("dockerfilePath") == "./Dockerfile.ingest" and DOCKERFILE.is_file()
         assert svc.get("dockerContext") in (".", "./")
         assert isinstance(svc.get("dockerCommand"), str) and command_words(svc["dockerCommand"])
         disk = svc.get("disk")
         if disk is not None:
-            assert svc["type"] in ("web", "pserv", "worker"), f"{svc['name']}: a {svc['type']} can't have a disk"
+            assert kind in ("web", "pserv", "worker"), f"{svc['name']}: a {kind} can't have a disk"
             assert disk.get("name") and PurePosixPath(disk.get("mountPath", "")).is_absolute()
             assert isinstance(disk.get("sizeGB"), int) and disk["sizeGB"] > 0
+        if "maxShutdownDelaySeconds" in svc:
+            delay = svc["maxShutdownDelaySeconds"]
+            assert kind in SHUTDOWN_DELAY_TYPES, \
+                f"{svc['name']}: the spec has maxShutdownDelaySeconds for web, pserv and worker only, not {kind}"
+            assert isinstance(delay, int) and 1 <= delay <= SHUTDOWN_DELAY_MAX, f"{svc['name']}: {delay!r}"
+        flt = svc.get("buildFilter")
+        if flt is not None:
+            assert set(flt) <= {"paths", "ignoredPaths"}, flt
+            for key in ("paths", "ignoredPaths"):  # a sync replaces both lists: always give both
+                assert isinstance(flt.get(key), list) and all(isinstance(p, str) for p in flt[key]), \
+                    f"{svc['name']}: buildFilter.{key} must be a list (the spec replaces what is left out)"
+
+
+@pytest.mark.parametrize("path", [BLUEPRINT, WORKER_BLUEPRINT], ids=lambda p: p.name)
+def test_plan_names_are_the_blueprint_specs(path):
+    for svc in services(path):
+        plan, kind = svc.get("plan"), svc["type"]
+        allowed = PLANS | (BIG_PLANS if kind in BIG_PLAN_TYPES else set())
+        assert plan in allowed, f"{svc['name']} ({kind}): plan {plan!r} is not one of {sorted(allowed)}"
+
+
+def test_plan_names_are_spelled_with_spaces_everywhere():
+    for path in (BLUEPRINT, WORKER_BLUEPRINT, GUIDE, DOCKERFILE):
+        wrong = re.findall(r"\bpro[_-]?(?:plus|max|ultra)\b", path.read_text())
+        assert not wrong, f"{path.name} spells {wrong}: the Blueprint spec writes `pro plus`, `pro max`, `pro ultra`"
+    text = GUIDE.read_text()
+    for plan in sorted(PLANS | BIG_PLANS):
+        assert f"`{plan}`" in text, f"the guide should name the plan `{plan}`"
 
 
 def test_cron_runs_every_five_minutes_without_a_disk():
@@ -379,35 +509,112 @@ def test_cron_runs_every_five_minutes_without_a_disk():
     assert "disk" not in cron, "cron jobs can't have a disk"
 
 
+def chroma_port() -> str:
+    words = command_words(service("pserv")["dockerCommand"])
+    opts = dict(zip(words[2::2], words[3::2]))
+    return opts.get("--port", "")
+
+
 def test_chroma_server_stores_on_its_disk():
     pserv = service("pserv")
     words = command_words(pserv["dockerCommand"])
     assert words[:2] == ["chroma", "run"], words
     opts = dict(zip(words[2::2], words[3::2]))
     assert opts.get("--host") == "0.0.0.0", "the server must listen on the private network"
-    assert opts.get("--port", "").isdigit()
+    assert chroma_port().isdigit() and int(chroma_port()) not in RESERVED_PRIVATE_PORTS, \
+        f"port {chroma_port()} can't be used on Render's private network"
     data, mount = PurePosixPath(opts["--path"]), PurePosixPath(pserv["disk"]["mountPath"])
     assert data == mount or mount in data.parents, f"--path {data} is not on the disk at {mount}"
+
+
+def test_chroma_server_rebuilds_only_for_what_its_image_needs():
+    """A service with a disk has no zero-downtime deploy: every rebuild of the Chroma service
+    cuts the server from under a running cron job. Its buildFilter lists what `chroma run`
+    depends on, so commits of transcripts, code or docs leave it alone."""
+    pserv = service("pserv")
+    flt = pserv.get("buildFilter")
+    assert flt, "the Chroma service needs a buildFilter"
+    assert set(flt["paths"]) == CHROMA_IMAGE_INPUTS, flt["paths"]
+    for name in CHROMA_IMAGE_INPUTS:
+        assert (ROOT / name).is_file(), name
+        assert rebuilds_for(pserv, name), f"a change of {name} must rebuild the Chroma service"
+    copied = {src for kw, args in final_stage() if kw == "COPY" and "from" not in copy_parts(args)[0]
+              for src in copy_parts(args)[1]}
+    assert "requirements.ingest.txt" in copied, "the filter's requirements file is the one the image installs"
+    for path in IMAGE_INPUTS + NOT_IMAGE_INPUTS:
+        if path not in CHROMA_IMAGE_INPUTS:
+            assert not rebuilds_for(pserv, path), f"a commit of {path} would restart the Chroma server"
+
+
+@pytest.mark.parametrize("path", [BLUEPRINT, WORKER_BLUEPRINT], ids=lambda p: p.name)
+def test_services_that_run_the_code_rebuild_for_every_input_of_the_image(path):
+    for svc in services(path):
+        if not runs_scripts(svc):
+            continue
+        for name in IMAGE_INPUTS:
+            assert rebuilds_for(svc, name), f"{svc['name']}: a commit of {name} would not reach it"
+    worker = service("worker", WORKER_BLUEPRINT)
+    assert worker.get("buildFilter"), "the worker should not restart for docs, tests or benchmarks"
+    for name in NOT_IMAGE_INPUTS:
+        assert not rebuilds_for(worker, name), f"a commit of {name} would restart the worker"
 
 
 def test_cron_reaches_the_chroma_server_over_the_private_network():
     pserv, cron = service("pserv"), service("cron")
     env = env_vars(cron)
-    for key, prop in (("CHROMA_HOST", "host"), ("CHROMA_PORT", "port")):
-        assert env.get(key, {}).get("fromService") == {"name": pserv["name"], "type": "pserv", "property": prop}, key
+    assert env.get("CHROMA_HOST", {}).get("fromService") == {"name": pserv["name"], "type": "pserv",
+                                                              "property": "host"}
+    port = env.get("CHROMA_PORT", {})
+    assert "fromService" not in port, \
+        "CHROMA_PORT: what `property: port` gives before Render detects the port is undocumented"
+    assert port.get("value") == chroma_port(), "CHROMA_PORT must be the literal --port of the server's command"
     assert cron.get("region") == pserv.get("region"), "the private network only joins one region"
+
+
+def groups(path: Path) -> list[dict]:
+    data = blueprint(path)
+    found = list(data.get("envVarGroups") or [])
+    for project in data.get("projects") or []:
+        found += project.get("envVarGroups") or []
+        for environment in project.get("environments") or []:
+            found += environment.get("envVarGroups") or []
+    return found
+
+
+@pytest.mark.parametrize("path", [BLUEPRINT, WORKER_BLUEPRINT], ids=lambda p: p.name)
+def test_every_service_that_embeds_gets_the_key_from_the_group(path):
+    """`sync: false` is prompted for only when a Blueprint is first created, and ignored in
+    an environment group: a service added later would start without the key. So the key
+    lives in a group made in the Dashboard, and every service that embeds names it."""
+    for group in groups(path):
+        assert group.get("name") != SECRET_GROUP, \
+            f"{SECRET_GROUP} is made in the Dashboard: a Blueprint that declares it manages it"
+        for entry in group.get("envVars") or []:
+            assert entry.get("key") != "OPENAI_API_KEY", f"group {group.get('name')}: the key can't come from a Blueprint"
+            assert "sync" not in entry, f"group {group.get('name')}: Render ignores sync: false in a group"
+    for svc in services(path):
+        linked = {e.get("fromGroup") for e in svc.get("envVars", []) if "fromGroup" in e}
+        assert "OPENAI_API_KEY" not in env_vars(svc), \
+            f"{svc['name']}: set the key in the group {SECRET_GROUP}, not on the service"
+        embeds = set(runs_scripts(svc)) & EMBEDDING_SCRIPTS
+        if embeds:
+            assert SECRET_GROUP in linked, f"{svc['name']} runs {sorted(embeds)}: it needs fromGroup: {SECRET_GROUP}"
+        else:
+            assert SECRET_GROUP not in linked, f"{svc['name']} embeds nothing: it needs no API key"
+    text = GUIDE.read_text()
+    assert f"`{SECRET_GROUP}`" in text and f"- fromGroup: {SECRET_GROUP}" in text, \
+        "the guide must say to create the group and how a service takes it"
 
 
 @pytest.mark.parametrize("path", [BLUEPRINT, WORKER_BLUEPRINT], ids=lambda p: p.name)
 def test_secrets_are_never_values(path):
     assert not re.search(r"sk-[A-Za-z0-9]", path.read_text()), "an API key in a Blueprint"
-    for svc in services(path):
-        env = env_vars(svc)
-        for key, entry in env.items():
-            if SECRET_KEY.search(key):
-                assert entry.get("sync") is False and "value" not in entry, f"{svc['name']}: {key} needs sync: false"
-        if SCRIPT_CALL.search(svc["dockerCommand"]):
-            assert "OPENAI_API_KEY" in env, f"{svc['name']} embeds, so it needs OPENAI_API_KEY (sync: false)"
+    entries = [(svc["name"], e) for svc in services(path) for e in svc.get("envVars", [])]
+    entries += [(g.get("name"), e) for g in groups(path) for e in g.get("envVars") or []]
+    for where, entry in entries:
+        key = entry.get("key", "")
+        if SECRET_KEY.search(key):
+            assert "value" not in entry and "generateValue" not in entry, f"{where}: {key} must not be a value"
 
 
 @pytest.mark.parametrize("path", [BLUEPRINT, WORKER_BLUEPRINT], ids=lambda p: p.name)
@@ -420,6 +627,31 @@ def test_environment_names_are_real_settings(path):
                 assert isinstance(entry["value"], str), f"{svc['name']}: quote the value of {key}"
 
 
+@pytest.mark.parametrize("path", [BLUEPRINT, WORKER_BLUEPRINT], ids=lambda p: p.name)
+def test_shutdown_delay_covers_the_release_of_a_file(path):
+    """On SIGTERM the worker forwards it to the file's process, which may be waiting for one
+    embeddings request (OPENAI_TIMEOUT) before it can release its file; the worker waits
+    GRACE_SECONDS for that, then kills it; Render waits maxShutdownDelaySeconds (default 30)
+    for the container, then kills it. Each wait must cover the one inside it."""
+    checked = 0
+    for svc in services(path):
+        if "process_queue_worker" not in runs_scripts(svc):
+            continue
+        checked += 1
+        timeout = float(setting_value(svc, "OPENAI_TIMEOUT"))
+        grace = float(setting_value(svc, "GRACE_SECONDS"))
+        assert grace >= timeout + RELEASE_SECONDS, \
+            f"{svc['name']}: GRACE_SECONDS {grace:g} must exceed OPENAI_TIMEOUT {timeout:g} + {RELEASE_SECONDS} s"
+        if svc["type"] in SHUTDOWN_DELAY_TYPES:
+            delay = svc.get("maxShutdownDelaySeconds")
+            assert isinstance(delay, int), f"{svc['name']}: set maxShutdownDelaySeconds (Render's default is 30 s)"
+            assert grace + EXIT_SECONDS <= delay <= SHUTDOWN_DELAY_MAX, \
+                f"{svc['name']}: maxShutdownDelaySeconds {delay} must exceed GRACE_SECONDS {grace:g} + {EXIT_SECONDS} s"
+        else:  # a cron job: the spec has no shutdown delay for it; the guide says what happens instead
+            assert "maxShutdownDelaySeconds" not in svc, svc["name"]
+    assert checked, f"{path.name}: no service runs the worker"
+
+
 def test_single_worker_variant_keeps_its_state_on_its_disk():
     worker = service("worker", WORKER_BLUEPRINT)
     mount = PurePosixPath(worker["disk"]["mountPath"])
@@ -428,7 +660,7 @@ def test_single_worker_variant_keeps_its_state_on_its_disk():
         assert mount in PurePosixPath(env[key]["value"]).parents, f"{key} must be on the disk"
     assert env["MAX_ITERATIONS"]["value"] == "0"
     assert "CHROMA_HOST" not in env, "this variant uses the embedded store"
-    assert worker["plan"] in ("pro", "pro_plus", "pro_max", "pro_ultra"), "the embedded index needs 4 GB or more"
+    assert worker["plan"] in {"pro", "pro plus"} | BIG_PLANS, "the embedded index needs 4 GB or more"
 
 
 def test_guide_shows_the_worker_variant_as_it_is_in_render_worker_yaml():
@@ -437,14 +669,20 @@ def test_guide_shows_the_worker_variant_as_it_is_in_render_worker_yaml():
         "the guide's YAML snippet differs from render.worker.yaml"
 
 
+def test_guide_shows_the_chroma_build_filter_as_it_is_in_render_yaml():
+    flt = service("pserv")["buildFilter"]
+    text = GUIDE.read_text()
+    assert f"paths: [{', '.join(flt['paths'])}]" in text and f"ignoredPaths: {flt['ignoredPaths']}" in text
+
+
 # ---- the commands -----------------------------------------------------------------------
 
 def test_every_command_runs_a_script_that_exists():
     for where, command in all_commands():
         if command.startswith("chroma run"):
             continue
-        scripts = SCRIPT_CALL.findall(command)
-        assert scripts, f"{where}: expected `python ingestion/<script>.py`, got {command!r}"
+        scripts, _ = command_scripts(shlex.split(command))
+        assert scripts, f"{where}: expected `python ingestion/<script>.py` or a script of the image, got {command!r}"
         for script in scripts:
             assert (ROOT / "ingestion" / f"{script}.py").is_file(), f"{where}: ingestion/{script}.py is missing"
 
@@ -477,8 +715,15 @@ def test_guide_uses_only_flags_the_scripts_accept(script, flag, tmp_path):
 def test_guide_names_files_that_exist():
     text = GUIDE.read_text()
     for name in ("Dockerfile.ingest", ".dockerignore", "render.yaml", "render.worker.yaml",
-                 "requirements.ingest.txt", "tests/fixtures/real"):
+                 "requirements.ingest.txt", "tests/fixtures/real", "deploy/worker_loop.sh"):
         assert f"`{name}`" in text and (ROOT / name).exists(), name
+
+
+def test_guide_runs_no_script_in_the_chroma_services_shell():
+    """The Chroma service's image is as old as its last build (buildFilter), and a shell's
+    memory counts against the server's plan: the guide runs nothing there any more."""
+    text = GUIDE.read_text()
+    assert "CHROMA_HOST=localhost" not in text
 
 
 # Messages the guide quotes, as the code writes them (format strings cut at placeholders).
@@ -486,7 +731,7 @@ QUOTED_MESSAGES = [
     "its process was killed (SIGKILL); requeued (a second kill splits it)", "parts, queued first",
     "cannot reach the Chroma server at", "the embeddings API refused the key (HTTP",
     "OPENAI_API_KEY is not set", "is not a folder", "already in the store", "files run (",
-    "stale removed), ", "peak RSS", "chunks checked; ",
+    "stale removed)", "peak RSS", "chunks checked; ", "shared store lease",
 ]
 
 
@@ -495,6 +740,11 @@ def test_guide_quotes_messages_the_code_prints(message):
     code = "".join(p.read_text() for p in sorted((ROOT / "ingestion").glob("*.py")))
     assert message in GUIDE.read_text(), f"the guide no longer quotes {message!r}: update QUOTED_MESSAGES"
     assert message in code, f"the guide quotes {message!r}, which the code no longer prints"
+
+
+def test_guide_quotes_what_the_loop_prints():
+    for message in ("worker_loop: process_queue_worker.py exited",):
+        assert message in GUIDE.read_text() and message.split(": ", 1)[1] in LOOP.read_text()
 
 
 def test_guide_progress_one_liner_reads_the_queue(tmp_path):
@@ -514,30 +764,61 @@ def test_guide_progress_one_liner_reads_the_queue(tmp_path):
 
 # ---- the worker variant's loop ------------------------------------------------------------
 
+def test_worker_runs_the_loop_script_that_the_image_holds():
+    """render.worker.yaml calls the loop by its path in the image; the Dockerfile copies it
+    there and makes it executable; it cds to its parent's parent, which is where the image
+    puts ingestion/, and the scripts it runs exist."""
+    words = command_words(service("worker", WORKER_BLUEPRINT)["dockerCommand"])
+    assert len(words) == 1 and PurePosixPath(words[0]).is_absolute(), \
+        f"call the loop by its path alone (Render does not document how dockerCommand is split): {words}"
+    in_image = PurePosixPath(words[0])
+    assert image_to_repo(str(in_image)) == LOOP, f"the Dockerfile must copy deploy/worker_loop.sh to {in_image}"
+    runs = " ".join(args for kw, args in final_stage() if kw == "RUN")
+    assert re.search(rf"chmod (?:755|[ugoa]*\+x) {re.escape(str(in_image))}\b", runs), "the image must make it executable"
+    assert f"sh -n {in_image}" in runs, "the build should check that the loop parses"
+    assert LOOP.stat().st_mode & stat.S_IXUSR, "deploy/worker_loop.sh must be executable in the repository too"
+    text = LOOP.read_text()
+    assert text.startswith("#!/bin/sh\n")
+    assert 'cd "$(dirname "$0")/.."' in text, "the loop finds the project root from its own path"
+    root = in_image.parent.parent
+    workdir = PurePosixPath([args for kw, args in final_stage() if kw == "WORKDIR"][-1])
+    assert root == workdir, f"the loop cds to {root}, the image's code is under {workdir}"
+    assert image_to_repo(str(root / "ingestion") + "/") == ROOT / "ingestion/", "the image copies ingestion/ there"
+    scripts = SCRIPT_CALL.findall(text)
+    assert scripts == ["generate_file_queue", "process_queue_worker"], scripts
+    for script in scripts:
+        assert (LOOP.parent.parent / "ingestion" / f"{script}.py").is_file(), script
+    assert subprocess.run(["sh", "-n", str(LOOP)], capture_output=True, timeout=30).returncode == 0
+
+
 STUB_WORKER = """import signal, sys, time
 def stop(signum, frame):
     open("released", "w").write(str(signum)); sys.exit(7)
 signal.signal(signal.SIGTERM, stop)
-open("running", "w").write("x")
+open("running", "a").write("x")
 time.sleep(SECONDS)
+sys.exit(EXIT)
 """
 
 
-def start_loop(tmp_path: Path, worker_seconds: float) -> subprocess.Popen:
-    """Run render.worker.yaml's command (minus run-as-ingest) with stub scripts."""
-    words = command_words(service("worker", WORKER_BLUEPRINT)["dockerCommand"])
-    assert words[:2] == ["sh", "-c"], words
+def start_loop(tmp_path: Path, worker_seconds: float, pause: int = 300, worker_exit: int = 0) -> subprocess.Popen:
+    """Run deploy/worker_loop.sh, copied into a project of stub scripts, as the worker would."""
+    (tmp_path / "deploy").mkdir()
+    loop = tmp_path / "deploy" / "worker_loop.sh"
+    shutil.copy2(LOOP, loop)
     (tmp_path / "ingestion").mkdir()
     (tmp_path / "ingestion" / "generate_file_queue.py").write_text("open('generated', 'a').write('x')\n")
     (tmp_path / "ingestion" / "process_queue_worker.py").write_text(
-        STUB_WORKER.replace("SECONDS", repr(worker_seconds)))
+        STUB_WORKER.replace("SECONDS", repr(worker_seconds)).replace("EXIT", str(worker_exit)))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
     (bin_dir / "python").chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    # its own process group, so that cleanup() can end whatever a broken loop leaves behind
-    return subprocess.Popen(["sh", "-c", words[2]], cwd=tmp_path, env=env, start_new_session=True)
+    # run from elsewhere: the loop finds its project from its own path. Its own process
+    # group, so that cleanup() can end whatever a broken loop leaves behind.
+    return subprocess.Popen([str(loop), str(pause)], cwd="/", env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def cleanup(loop: subprocess.Popen) -> None:
@@ -548,24 +829,24 @@ def cleanup(loop: subprocess.Popen) -> None:
     loop.wait(timeout=10)
 
 
-def wait_for(path: Path, seconds: float = 30) -> None:
+def wait_for(path: Path, seconds: float = 30, text: str | None = None) -> None:
     deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path.name} never appeared"
+    while not path.exists() or (text is not None and path.read_text() != text):
+        assert time.monotonic() < deadline, f"{path.name} never appeared" + (f" with {text!r}" if text else "")
         time.sleep(0.05)
 
 
 def sleeping_children(pid: int) -> list[int]:
     """The `sleep` processes whose parent is pid."""
     out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            argv = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            argv = (stat_file.parent / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
         if int(fields[1]) == pid and argv[0].endswith(b"sleep"):
-            out.append(int(stat.parent.name))
+            out.append(int(stat_file.parent.name))
     return out
 
 
@@ -575,10 +856,12 @@ def test_worker_loop_passes_sigterm_to_the_worker(tmp_path):
         wait_for(tmp_path / "running")
         assert (tmp_path / "generated").exists(), "the loop refreshes the queue first"
         loop.send_signal(signal.SIGTERM)
-        loop.wait(timeout=15)
+        out, _ = loop.communicate(timeout=15)
     finally:
         cleanup(loop)
     assert (tmp_path / "released").read_text() == str(int(signal.SIGTERM)), "the worker never got SIGTERM"
+    assert loop.returncode == 0, out
+    assert "interrupted (exit 7: file released)" in out and "stopped by a signal" in out, out
 
 
 def test_worker_loop_sleeps_between_runs_and_stops_on_sigterm(tmp_path):
@@ -592,9 +875,30 @@ def test_worker_loop_sleeps_between_runs_and_stops_on_sigterm(tmp_path):
         time.sleep(0.3)
         assert (tmp_path / "generated").read_text() == "x", "one round, then a pause"
         loop.send_signal(signal.SIGTERM)
-        loop.wait(timeout=15)
+        loop.communicate(timeout=15)
         time.sleep(0.2)
         left = [k for k in kids if Path(f"/proc/{k}").exists()]
     finally:
         cleanup(loop)
     assert not left, "the loop left its sleep running"
+    assert loop.returncode == 0
+
+
+def test_worker_loop_goes_on_after_a_failed_run(tmp_path):
+    """A run that ends with an error (8: store busy, 4: API down, 5: key refused) is logged
+    and tried again after the pause: the loop must not exit, or Render restarts it at once."""
+    loop = start_loop(tmp_path, worker_seconds=0, pause=1, worker_exit=8)
+    try:
+        wait_for(tmp_path / "running", text="xx")
+        assert (tmp_path / "generated").read_text() in ("xx", "xxx"), "each round refreshes the queue"
+        assert loop.poll() is None, "the loop ended after a failed run"
+        loop.send_signal(signal.SIGTERM)
+        out, _ = loop.communicate(timeout=15)
+    finally:
+        cleanup(loop)
+    assert "process_queue_worker.py exited 8" in out and "next try in 1s" in out, out
+
+
+def test_worker_loop_refuses_a_bad_pause(tmp_path):
+    result = subprocess.run(["sh", str(LOOP), "soon"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 2 and "usage:" in result.stderr

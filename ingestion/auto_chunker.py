@@ -11,30 +11,27 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 
 from pathlib import Path  # noqa: E402
 
-from ingestion import cli, file_queue, settings, splitter, state, textfile  # noqa: E402
+from ingestion import cli, file_queue, outcomes, paths, settings, splitter, state, textfile  # noqa: E402
 from ingestion.errors import ConfigError  # noqa: E402
-from ingestion.runner import allowed_roots  # noqa: E402
-from ingestion.store import source_key  # noqa: E402
-
-SETTINGS = ["TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "SPLIT_PARTS", "LOG_LEVEL"]
+from ingestion.hashing import source_key  # noqa: E402
 
 
 def main() -> int:
-    p = cli.parser("auto_chunker.py", __doc__, SETTINGS)
+    p = cli.parser("auto_chunker.py", __doc__)
     p.add_argument("file", help="the transcript to split")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--parts", type=int, help="number of parts (default: SPLIT_PARTS)")
     how.add_argument("--max-tokens", type=int, help="at most this many tokens per part instead")
     args = p.parse_args()
     cfg = settings.load()
-    path = os.path.abspath(args.file)
-    if not textfile.is_allowed(Path(path), allowed_roots(cfg)):
+    path = paths.canonical(args.file, cfg.allowed_roots)
+    if not textfile.is_allowed(Path(path), cfg.allowed_roots):
         raise ConfigError(f"{path} is outside TRANSCRIPTS_DIR ({cfg.transcripts_dir}); not splitting it")
     if args.parts is not None and args.parts < 2 or args.max_tokens is not None and args.max_tokens < 1:
         raise ConfigError("--parts must be at least 2 and --max-tokens at least 1")
-    with state.transaction(cfg) as (q, _):
-        original = file_queue.original_of(q, path)
-        where = file_queue.where(q, path)
+    q, _ = state.read(cfg)
+    original = file_queue.original_of(q, path)
+    where = file_queue.where(q, path)
     if where == "processing":
         raise ConfigError(f"{path} is being processed right now; split it when it is not")
     info = textfile.inspect(Path(path))
@@ -44,10 +41,8 @@ def main() -> int:
     for part in parts:
         print(part)
     if where in ("pending", "failed") and len(parts) > 1:
-        with state.transaction(cfg) as (q, _):
-            if original == path:
-                file_queue.info(q, path)["sha256"] = info.sha256
-            file_queue.replace_with_parts(q, path, [str(x) for x in parts], original)
+        original_sha = info.sha256 if original == path else file_queue.details(q, original).get("sha256")
+        outcomes.split(cfg, path, [str(x) for x in parts], original, original_sha)
         print(f"{len(parts)} parts replace {path} in the queue", file=sys.stderr)
     return 0
 

@@ -3,16 +3,18 @@
 Format:
   {"processed_files": {path: {"timestamp", "status": "completed", "file_sha256", "size",
                               "mtime", "chunks", "tokens", "embedded_tokens", "seconds"}},
-   "failed_files": {path: {"timestamp", "status": "failed", "reason", "attempts"}}}
+   "failed_files": {path: {"timestamp", "status": "failed", "reason", "attempts"}},
+   "store": {"address", "collection"}}
 Only original transcripts appear here (never split parts). A file is recorded as
-processed only after all its chunks are stored.
+processed only after all its chunks are stored. Only this module reads or writes
+those keys.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from ingestion.statefile import read_json
+from ingestion.atomicfile import read_json
 
 
 def empty() -> dict:
@@ -25,23 +27,50 @@ def _validate(c: dict) -> None:
             raise ValueError(f"its {name!r} map is missing")
 
 
-def load(path: Path) -> dict:
+def load(path: Path) -> tuple[dict, str | None]:
     return read_json(path, empty, _validate,
                      "run generate_file_queue.py: finished files are found again in the store")
 
 
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def record_done(c: dict, path: str, **details) -> None:
     c["failed_files"].pop(path, None)
-    c["processed_files"][path] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "completed",
-                                  **details}
+    c["processed_files"][path] = {"timestamp": _now(), "status": "completed", **details}
 
 
 def record_failed(c: dict, path: str, reason: str, attempts: int) -> None:
-    c["failed_files"][path] = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "status": "failed",
-                               "reason": reason, "attempts": attempts}
+    c["failed_files"][path] = {"timestamp": _now(), "status": "failed", "reason": reason, "attempts": attempts}
 
 
 def forget(c: dict, path: str) -> None:
-    """The file changed: what was recorded for it no longer holds."""
+    """The file changed or is gone: what was recorded for it no longer holds."""
     c["processed_files"].pop(path, None)
     c["failed_files"].pop(path, None)
+
+
+def forget_failure(c: dict, path: str) -> None:
+    c["failed_files"].pop(path, None)
+
+
+def done(c: dict, path: str) -> dict | None:
+    return c["processed_files"].get(path)
+
+
+def done_files(c: dict) -> dict[str, dict]:
+    return c["processed_files"]
+
+
+def touch(c: dict, path: str, size: int, mtime: float) -> None:
+    """The file was touched, not changed: its new size and mtime."""
+    c["processed_files"][path].update(size=size, mtime=mtime)
+
+
+def store_of(c: dict) -> dict | None:
+    return c.get("store")
+
+
+def set_store(c: dict, address: str, collection: str) -> None:
+    c["store"] = {"address": address, "collection": collection}

@@ -12,23 +12,51 @@ end), each ranked by the boundary in front of it:
 
 Pieces are packed into a chunk until the next one would not fit; the chunk is then
 cut at the strongest boundary (lowest rank) in its second half, the latest of
-equals. In PDF-extracted transcripts every line is its own paragraph, which is
+equals. In PDF-extracted transcripts every line is its own piece, which is
 why a speaker turn after a blank line outranks a plain paragraph.
 
 Overlap: the next chunk starts with the last whole pieces of the previous one, up
 to CHUNK_OVERLAP_TOKENS tokens (fewer when the last sentence is longer).
 
-Memory: the text arrives in blocks and is handled a section at a time; a chunk in
-progress is the only thing held across sections. Every chunk is counted again
-once joined, so the bound is exact, not an estimate.
+Counting: every count is exactly len(encode_ordinary(text)) of the piece or chunk
+text on its own (so the bound is exact, not an estimate), but the text is encoded
+only once, a section at a time, and counts are read off token offsets. This rests
+on "sync points": positions P where tiktoken's cl100k_base pre-tokenizer always
+splits, whatever comes before or after, and where cutting the text changes nothing
+on either side:
+  - after an ASCII letter or digit, before an ASCII character that is neither;
+  - after a non-space character, before a space or a tab;
+  - after a line feed, before a non-space character.
+(The pre-token holding P-1 is a letter run, a 1-3 digit group, a contraction, a
+punctuation run or a whitespace run ending in a line feed, and none of these can
+reach past P or depend on the text after P.) So the tokens of text[a:b] are those of
+text[a:P1], then the section's own tokens from P1 to P2, then those of text[P2:b],
+P1 and P2 being the first and last sync points inside; the two short ends (usually
+a word and some punctuation) are encoded alone and cached. Where no sync point is
+known (one huge word) a count falls back to encoding the text itself, in windows
+of a few thousand characters as before. CHUNKER_VERSION names the cutting rules;
+the counting method is not part of them.
+
+Memory: the text arrives in blocks and is handled a section at a time; the chunk
+in progress (and the section being cut) is the only text held across sections.
+Chunk.start and Chunk.end are character offsets in the whole text fed (all blocks
+concatenated): text[c.start:c.end] == c.text.
 """
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Iterable, Iterator
 
 import tiktoken
+
+# The version of the cutting rules (pieces, ranks, packing, overlap, stripping, metadata).
+# It is recorded with the stored chunks: bump it whenever a change here changes the
+# output (any chunk's text, boundaries, token_count, start_time or speakers) for some
+# input, and re-record tests/fixtures/chunks_golden (see make_golden.py there).
+CHUNKER_VERSION = 1
 
 SECTION_CHARS = 1 << 17
 MAX_TOKEN_CHARS = 128  # no cl100k_base token is longer than this
@@ -41,14 +69,25 @@ TIMESTAMP = re.compile(_TIME)
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*[ \t]+(?=\S)")
 WORD = re.compile(r"\S+\s*|\s+")
 
+# Sync points (see the module docstring). Python's \S (not str.isspace) is narrower
+# than "not Unicode White_Space", so these only ever find fewer points, never wrong ones.
+_SYNC = (r"(?<=[A-Za-z0-9])(?=[\x00-/:-@\[-`{-\x7f])"
+         r"|(?<=\S)(?=[ \t])"
+         r"|(?<=\n)(?=\S)")
+_FIRST_SYNC = re.compile(_SYNC)
+_SYNC_CHAR = re.compile(r"[\x00-/:-@\[-`{-\x7f]")  # every sync point has one at P or P-1
+_LAST_SYNC = re.compile(rf"(?s:.*)(?:{_SYNC})")
+_SYNC_SPAN = re.compile(rf"(?:{_SYNC})(?s:.*)(?:{_SYNC})")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+# A sync point further back than this stops being carried: the text after it is then
+# counted directly when needed (a huge word), so memory stays bounded.
+_CARRY_CHARS = SECTION_CHARS
+_SMALL = 24             # pieces this short are counted through the cache directly
+_CACHE_CHARS = 48       # longest string kept in the count cache
+_CACHE_ENTRIES = 1 << 16
 
-@dataclass
-class Piece:
-    text: str
-    tokens: int
-    rank: int
-    speaker: str  # who is speaking where this piece starts
-    time: str     # the last [hh:mm:ss] seen where this piece starts
+# piece tuple fields
+_A, _B, _N, _RANK, _SPEAKER, _TIMEF = range(6)
 
 
 @dataclass
@@ -58,9 +97,13 @@ class Chunk:
     token_count: int
     start_time: str
     speakers: list[str] = field(default_factory=list)
+    start: int = 0  # offset of text in the whole text fed (all blocks concatenated)
+    end: int = 0    # text == whole_text[start:end]
 
 
 _encoding = None
+_token_lengths = None
+_count_cache: dict[str, int] = {}
 
 
 def encoding() -> tiktoken.Encoding:
@@ -82,6 +125,46 @@ def count_tokens(text: str) -> int:
     return len(encoding().encode_ordinary(text))
 
 
+def _lengths(enc: tiktoken.Encoding):
+    """Byte length of every ordinary token, indexed by token id (built once)."""
+    global _token_lengths
+    if _token_lengths is None:
+        ranks = getattr(enc, "_mergeable_ranks", None)
+        if isinstance(ranks, dict) and list(ranks.values()) == list(range(len(ranks))):
+            lengths = list(map(len, ranks))
+        else:
+            lengths = []
+            for token in range(enc.max_token_value + 1):
+                try:
+                    lengths.append(len(enc.decode_single_token_bytes(token)))
+                except Exception:  # a gap or a special token: never in encode_ordinary's output
+                    lengths.append(0)
+        _token_lengths = bytes(lengths) if max(lengths) < 256 else lengths
+    return _token_lengths
+
+
+def _cached_count(enc: tiktoken.Encoding, text: str) -> int:
+    n = _count_cache.get(text)
+    if n is None:
+        n = len(enc.encode_ordinary(text))
+        if len(text) <= _CACHE_CHARS:
+            if len(_count_cache) >= _CACHE_ENTRIES:
+                _count_cache.clear()
+            _count_cache[text] = n
+    return n
+
+
+class _Region:
+    """The tokens of text[start:stop] (start and stop sync points), as cumulative byte ends."""
+    __slots__ = ("start", "stop", "seg", "base", "ends", "runs", "extra")
+
+    def __init__(self, start, stop, seg, base, ends, runs, extra):
+        self.start, self.stop, self.seg, self.base = start, stop, seg, base
+        self.ends = ends    # ends[i]: bytes from start to the end of token i
+        self.runs = runs    # ends (chars from start) of non-ASCII runs, or None when all ASCII
+        self.extra = extra  # extra[i]: UTF-8 bytes beyond one per char up to runs[i]
+
+
 class Chunker:
     """Feeds text blocks in, gets chunks out. One Chunker per file."""
 
@@ -89,115 +172,253 @@ class Chunker:
         self.max = max_tokens
         self.overlap = overlap_tokens
         self.enc = encoding()
-        self.pieces: list[Piece] = []
+        self._tl = _lengths(self.enc)
+        self.pieces: list[tuple] = []  # (start, end, tokens, rank, speaker, time), contiguous
         self.fresh_from = 0      # pieces before this index repeat the previous chunk
         self.total = 0           # tokens in self.pieces
         self.index = 0
         self.speaker = ""
         self.time = ""
         self.prev_blank = True   # the file starts like a paragraph
+        # the text held: whole_text[_buf_start:_end]
+        self._buf = ""
+        self._buf_start = 0
+        self._end = 0
+        self._regions: list[_Region] = []
+        self._chain: int | None = None  # sync point where the next region starts (None: in a gap)
+        self._seg = 0
+        self._cum = 0
+        self._memo = (-1, -1, 0)
+        self._out: list[Chunk] = []
+
+    # ---- counting ----------------------------------------------------------------
+    def _append(self, text: str) -> None:
+        keep = self._end
+        if self.pieces:
+            keep = min(keep, self.pieces[0][_A])
+        if self._chain is not None:
+            keep = min(keep, max(0, self._chain - 1))  # the sync test at the chain looks one back
+        keep = max(keep, self._buf_start)
+        self._buf = self._buf[keep - self._buf_start:] + text
+        self._buf_start = keep
+        section_start = self._end
+        self._end += len(text)
+        while self._regions and self._regions[0].stop < keep:
+            del self._regions[0]
+        self._tokenize(section_start)
+
+    def _tokenize(self, section_start: int) -> None:
+        """Encode the new text once, from the last sync point known to the last one now seen."""
+        buf, bs, end = self._buf, self._buf_start, self._end
+        start = self._chain
+        if start is None:
+            lo = section_start - bs
+            m = _SYNC_CHAR.search(buf, max(lo - 1, 0), end - bs)
+            if m is not None:
+                m = _FIRST_SYNC.search(buf, max(m.start(), lo), end - bs)
+            if m is None:
+                return
+            start = m.start() + bs
+            self._seg += 1
+            self._cum = 0
+        m = _LAST_SYNC.match(buf, start - bs, end - bs)
+        stop = m.end() + bs if m else start
+        if stop <= start:
+            if end - start > _CARRY_CHARS:
+                self._chain = None
+            else:
+                self._chain = start
+            return
+        text = buf[start - bs:stop - bs]
+        runs = extra = None
+        if not text.isascii():
+            runs, extra, more = [], [], 0
+            try:
+                for r in _NON_ASCII.finditer(text):
+                    more += len(r.group().encode("utf-8")) - (r.end() - r.start())
+                    runs.append(r.end())
+                    extra.append(more)
+            except UnicodeEncodeError:  # lone surrogates: tiktoken sees other text; count directly
+                self._chain = None
+                return
+        tokens = self.enc.encode_ordinary(text)
+        ends = list(accumulate(map(self._tl.__getitem__, tokens)))
+        self._regions.append(_Region(start, stop, self._seg, self._cum, ends, runs, extra))
+        self._cum += len(tokens)
+        self._chain = stop
+
+    def _at(self, p: int):
+        """(segment, tokens before p) for a sync point p inside a region, else None."""
+        for r in reversed(self._regions):
+            if r.start <= p:
+                if p > r.stop:
+                    return None
+                rel = p - r.start
+                if r.runs:
+                    i = bisect_right(r.runs, rel)
+                    if i:
+                        rel += r.extra[i - 1]
+                if rel == 0:
+                    return r.seg, r.base
+                i = bisect_right(r.ends, rel)
+                if i and r.ends[i - 1] == rel:
+                    return r.seg, r.base + i
+                return None
+        return None
+
+    def _count(self, a: int, b: int) -> int:
+        """len(encode_ordinary(whole_text[a:b])), reading the tokens already computed."""
+        if b - a <= _SMALL:
+            bs = self._buf_start
+            return _cached_count(self.enc, self._buf[a - bs:b - bs])
+        memo = self._memo
+        if memo[0] == a and memo[1] == b:
+            return memo[2]
+        buf, bs = self._buf, self._buf_start
+        n = -1
+        regions = self._regions
+        m = _SYNC_SPAN.search(buf, a - bs, b - bs) if regions and regions[-1].stop > a else None
+        if m is not None:
+            p1, p2 = m.start() + bs, m.end() + bs
+            c1 = self._at(p1)
+            c2 = self._at(p2) if p2 != p1 else c1
+            if c1 is not None and c2 is not None and c1[0] == c2[0]:
+                enc = self.enc
+                n = c2[1] - c1[1]
+                if p1 > a:
+                    n += _cached_count(enc, buf[a - bs:p1 - bs])
+                if p2 < b:
+                    n += _cached_count(enc, buf[p2 - bs:b - bs])
+        if n < 0:
+            n = len(self.enc.encode_ordinary(buf[a - bs:b - bs]))
+        self._memo = (a, b, n)
+        return n
 
     # ---- text to pieces --------------------------------------------------------
-    def _count(self, text: str) -> int:
-        return len(self.enc.encode_ordinary(text))
+    def _pieces_of(self, text: str) -> None:
+        """Cut one section into ranked pieces (a line at a time) and pack them."""
+        base = self._end - len(text)
+        cuts = [m.end() for m in SENTENCE_END.finditer(text)]
+        cut_i, n_cuts = 0, len(cuts)
+        limit = MAX_TOKEN_CHARS * self.max
+        rel = 0
+        for line in text.splitlines(keepends=True):
+            line_end = rel + len(line)
+            blank = line.isspace()
+            turn = TURN_START.match(line)
+            if turn:
+                if turn.group(1):
+                    self.time = turn.group(1)
+                name = SPEAKER_LINE.match(line)
+                if name:
+                    self.speaker = name.group(2)
+                rank = 0 if self.prev_blank else 1
+            else:
+                rank = 1 if self.prev_blank and not blank else 2
+            self.prev_blank = blank
+            start = rel
+            while cut_i < n_cuts and cuts[cut_i] < line_end:
+                cut = cuts[cut_i]
+                cut_i += 1
+                self._fit(base + start, base + cut, rank, limit)
+                start, rank = cut, 3
+            self._fit(base + start, base + line_end, rank, limit)
+            if "[" in line:
+                for m in TIMESTAMP.finditer(line, turn.end() if turn else 0):
+                    self.time = m.group(1)
+            rel = line_end
 
-    def _line_pieces(self, line: str) -> Iterator[Piece]:
-        """One line (with its newline) as ranked pieces, updating speaker and time."""
-        blank = not line.strip()
-        turn = TURN_START.match(line)
-        if turn:
-            if turn.group(1):
-                self.time = turn.group(1)
-            name = SPEAKER_LINE.match(line)
-            if name:
-                self.speaker = name.group(2)
-            rank = 0 if self.prev_blank else 1
-        else:
-            rank = 1 if self.prev_blank and not blank else 2
-        self.prev_blank = blank
-        start = 0
-        for m in SENTENCE_END.finditer(line):
-            yield from self._fit(line[start:m.end()], rank)
-            start, rank = m.end(), 3
-        if start < len(line):
-            yield from self._fit(line[start:], rank)
-        for m in TIMESTAMP.finditer(line, turn.end() if turn else 0):
-            self.time = m.group(1)
-
-    def _fit(self, text: str, rank: int, by_words: bool = True) -> Iterator[Piece]:
-        """text as one piece, or, when over the limit, as word pieces, then token pieces."""
-        if len(text) <= MAX_TOKEN_CHARS * self.max:  # longer is surely over: skip counting
-            n = self._count(text)
+    def _fit(self, a: int, b: int, rank: int, limit: int, by_words: bool = True) -> None:
+        """[a, b) as one piece, or, when over the limit, as word pieces, then token pieces."""
+        if b - a <= limit:  # longer is surely over: skip counting
+            n = self._count(a, b)
             if n <= self.max:
-                yield Piece(text, n, rank, self.speaker, self.time)
+                if self.total + n > self.max:
+                    self._add((a, b, n, rank, self.speaker, self.time))
+                else:
+                    self.pieces.append((a, b, n, rank, self.speaker, self.time))
+                    self.total += n
                 return
         if by_words:
-            for i, m in enumerate(WORD.finditer(text)):
-                yield from self._fit(m.group(), rank if i == 0 else 4, by_words=False)
+            bs = self._buf_start
+            for i, m in enumerate(WORD.finditer(self._buf, a - bs, b - bs)):
+                self._fit(m.start() + bs, m.end() + bs, rank if i == 0 else 4, limit, by_words=False)
         else:
-            yield from self._hard_split(text, rank)
+            for piece in self._hard_split(a, b, rank):
+                self._add(piece)
 
-    def _hard_split(self, text: str, rank: int) -> Iterator[Piece]:
+    def _hard_split(self, a: int, b: int, rank: int) -> Iterator[tuple]:
         """Cut a word longer than the limit into pieces that fit, losing nothing.
 
         Works on windows of a few thousand characters: BPE on one huge word is
-        quadratic, so the word is never encoded whole.
+        slow, so the word is never encoded whole.
         """
-        start = 0
-        while start < len(text):
-            size = min(len(text) - start, 4 * self.max)
+        start = a
+        while start < b:
+            size = min(b - start, 4 * self.max)
             while True:
-                piece = text[start:start + size]
-                n = self._count(piece)
+                n = self._count(start, start + size)
                 if n <= self.max or size == 1:
                     break
                 size = max(1, min(size - 1, size * self.max // n))
-            yield Piece(piece, n, rank if start == 0 else 5, self.speaker, self.time)
+            yield (start, start + size, n, rank if start == a else 5, self.speaker, self.time)
             start += size
 
     # ---- pieces to chunks ------------------------------------------------------
-    def _add(self, piece: Piece) -> Iterator[Chunk]:
-        while self.total + piece.tokens > self.max:
+    def _add(self, piece: tuple) -> None:
+        while self.total + piece[_N] > self.max:
             if len(self.pieces) == self.fresh_from:
                 # only overlap left and it does not fit with this piece: shorten it
-                self.total -= self.pieces.pop(0).tokens
+                self.total -= self.pieces.pop(0)[_N]
                 self.fresh_from -= 1
                 continue
-            yield from self._cut(piece)
+            self._cut(piece)
         self.pieces.append(piece)
-        self.total += piece.tokens
+        self.total += piece[_N]
 
-    def _cut(self, incoming: Piece) -> Iterator[Chunk]:
+    def _cut(self, incoming: tuple) -> None:
         """Emit the chunk ending at the best boundary, keep the rest plus an overlap."""
         best_j, best_rank, filled = None, 99, 0
         half = self.max // 2
+        fresh_from = self.fresh_from
         for j, p in enumerate(self.pieces):
-            if j > self.fresh_from and filled >= half and p.rank <= best_rank:
-                best_j, best_rank = j, p.rank
-            filled += p.tokens
-        if best_j is None or incoming.rank <= best_rank:
+            if j > fresh_from and filled >= half and p[_RANK] <= best_rank:
+                best_j, best_rank = j, p[_RANK]
+            filled += p[_N]
+        if best_j is None or incoming[_RANK] <= best_rank:
             best_j = len(self.pieces)
-        done, spill = self._fit_chunk(self.pieces[:best_j], self.fresh_from)
+        done, spill = self._fit_chunk(self.pieces[:best_j], fresh_from)
         rest = spill + self.pieces[best_j:]
-        yield from self._make_chunks(done)
-        overlap: list[Piece] = []
+        self._make_chunks(done)
+        overlap: list[tuple] = []
         budget = self.overlap
         for p in reversed(done):
-            if p.tokens > budget:
+            if p[_N] > budget:
                 break
-            overlap.insert(0, p)
-            budget -= p.tokens
+            overlap.append(p)
+            budget -= p[_N]
+        overlap.reverse()
         self.pieces = overlap + rest
         self.fresh_from = len(overlap)
-        self.total = sum(p.tokens for p in self.pieces)
+        self.total = sum(p[_N] for p in self.pieces)
 
-    def _fit_chunk(self, done: list[Piece], fresh_from: int) -> tuple[list[Piece], list[Piece]]:
+    def _stripped(self, a: int, b: int) -> tuple[int, int]:
+        """The offsets of whole_text[a:b].strip()."""
+        bs = self._buf_start
+        text = self._buf[a - bs:b - bs]
+        left = text.lstrip()
+        if not left:
+            return b, b
+        start = b - len(left)
+        return start, start + len(left.rstrip())
+
+    def _fit_chunk(self, done: list[tuple], fresh_from: int) -> tuple[list[tuple], list[tuple]]:
         """Joining pieces can merge tokens differently: shed overlap, then trailing pieces, until it fits.
 
         At least one new piece always stays, so every cut makes progress.
         """
-        spill: list[Piece] = []
-        while self._count("".join(p.text for p in done).strip()) > self.max:
+        spill: list[tuple] = []
+        while done and self._count(*self._stripped(done[0][_A], done[-1][_B])) > self.max:
             if fresh_from > 0:
                 done, fresh_from = done[1:], fresh_from - 1
             elif len(done) > 1:
@@ -206,37 +427,49 @@ class Chunker:
                 break  # one piece: _make_chunks splits it hard if it really is too long
         return done, spill
 
-    def _make_chunks(self, pieces: list[Piece]) -> Iterator[Chunk]:
-        text = "".join(p.text for p in pieces).strip()
-        if not text:
+    def _make_chunks(self, pieces: list[tuple]) -> None:
+        if not pieces:
             return
-        n = self._count(text)
+        start, end = self._stripped(pieces[0][_A], pieces[-1][_B])
+        if start == end:
+            return
+        n = self._count(start, end)
         first = pieces[0]
         if n > self.max:  # stripping changed the tokens of a single piece: cut it hard
-            for part in self._hard_split(text, 5):
-                yield from self._make_chunks([Piece(part.text, part.tokens, 5, first.speaker, first.time)])
+            for part in self._hard_split(start, end, 5):
+                self._make_chunks([(part[_A], part[_B], part[_N], 5, first[_SPEAKER], first[_TIMEF])])
             return
+        bs = self._buf_start
+        text = self._buf[start - bs:end - bs]
         stamp = TIMESTAMP.search(text)
-        speakers = [] if SPEAKER_LINE.match(text) or not first.speaker else [first.speaker]
+        speakers = [] if SPEAKER_LINE.match(text) or not first[_SPEAKER] else [first[_SPEAKER]]
         for m in SPEAKER_LINE.finditer(text):
             if m.group(2) not in speakers:
                 speakers.append(m.group(2))
-        yield Chunk(self.index, text, n, stamp.group(1) if stamp else first.time, speakers)
+        self._out.append(Chunk(self.index, text, n, stamp.group(1) if stamp else first[_TIMEF], speakers,
+                               start, end))
         self.index += 1
+
+    def _flush(self) -> list[Chunk]:
+        out, self._out = self._out, []
+        return out
 
     # ---- public ----------------------------------------------------------------
     def feed(self, text: str) -> Iterator[Chunk]:
-        for line in text.splitlines(keepends=True):
-            for piece in self._line_pieces(line):
-                yield from self._add(piece)
+        if not text:
+            return
+        self._append(text)
+        self._pieces_of(text)
+        yield from self._flush()
 
     def finish(self) -> Iterator[Chunk]:
         while len(self.pieces) > self.fresh_from:
             done, spill = self._fit_chunk(self.pieces, self.fresh_from)
-            yield from self._make_chunks(done)
+            self._make_chunks(done)
             self.pieces, self.fresh_from, self.total = [], 0, 0
             for p in spill:
-                yield from self._add(p)
+                self._add(p)
+        yield from self._flush()
 
 
 def sections(blocks: Iterable[str]) -> Iterator[str]:

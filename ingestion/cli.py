@@ -10,13 +10,14 @@ import time
 from typing import Callable
 
 from ingestion import settings
-from ingestion.errors import EXIT_BUG, EXIT_CODES_HELP, EXIT_INTERRUPTED, IngestionError
+from ingestion.errors import EXIT_BUG, EXIT_INTERRUPTED, IngestionError, exit_codes_help
 
 
-def parser(prog: str, description: str, setting_names: list[str]) -> argparse.ArgumentParser:
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A script's parser; its --help lists the settings it reads (from settings.SETTINGS) and the exit codes."""
     return argparse.ArgumentParser(
         prog=prog, description=description,
-        epilog=settings.help_table(setting_names) + "\n\n" + EXIT_CODES_HELP,
+        epilog=settings.help_table(prog) + "\n\n" + exit_codes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
@@ -24,8 +25,8 @@ class _Redact(logging.Filter):
     """Never let the API key reach a log line, whatever put it there."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        key = os.environ.get("OPENAI_API_KEY", "").strip()
-        if key and len(key) >= 8:
+        key = settings.raw("OPENAI_API_KEY") or ""
+        if len(key) >= 8:
             message = record.getMessage()
             if key in message:
                 record.msg, record.args = message.replace(key, "***"), ()
@@ -64,6 +65,9 @@ def run(main: Callable[[], int]) -> None:
     except IngestionError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         code = e.exit_code
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = EXIT_INTERRUPTED
@@ -75,5 +79,5 @@ def run(main: Callable[[], int]) -> None:
 
 
 def redact(text: str) -> str:
-    key = os.environ.get("OPENAI_API_KEY", "").strip()
-    return text.replace(key, "***") if key and len(key) >= 8 else text
+    key = settings.raw("OPENAI_API_KEY") or ""
+    return text.replace(key, "***") if len(key) >= 8 else text

@@ -1,25 +1,48 @@
 """Exit codes shared by every script, and the errors a user can cause.
 
 Each error a user can cause ends in one line on stderr and one of these codes;
-a traceback means a bug (exit 1).
+a traceback means a bug (exit 1). EXIT_CODES is the one table of them: the scripts'
+--help, the worker's tally of file outcomes and the README's table (checked by a
+test) all come from it.
 """
+from __future__ import annotations
 
-EXIT_OK = 0            # done (also: nothing to do, e.g. an empty queue)
-EXIT_BUG = 1           # unexpected error: a bug, with a traceback
-EXIT_CONFIG = 2        # bad setting or flag, missing key/folder, unreadable state file
-EXIT_FILE_FAILED = 3   # ingest_one_file: the file was marked failed (reason recorded)
-EXIT_API_DOWN = 4      # the embeddings API kept failing; the file went back to pending
-EXIT_AUTH = 5          # the API key was refused (401/403); the run stops at once
-EXIT_MEMORY = 6        # out of memory; the file was split and its parts queued
-EXIT_INTERRUPTED = 7   # SIGTERM/SIGINT; the current file was released to pending
-EXIT_BUSY = 8          # another process holds the lock (optimizer, embedded store)
+from dataclasses import dataclass
 
-EXIT_CODES_HELP = """exit codes:
-  0 done, or nothing to do        4 embeddings API unavailable, file requeued
-  1 bug (traceback)               5 API key refused: run stopped
-  2 configuration or state error  6 out of memory: file split and requeued
-  3 file failed, reason recorded  7 interrupted (SIGTERM): file released
-                                  8 store busy, or the file is taken by another worker"""
+
+@dataclass(frozen=True)
+class ExitCode:
+    code: int
+    outcome: str        # what happened to a file that ended with this code (the worker's tally)
+    meaning: str        # one line for --help and the README
+    run_stopped: bool   # the run stopped before charging anything: no file was failed, nothing was paid
+
+
+EXIT_CODES = [
+    ExitCode(0, "completed", "done, or nothing to do", False),
+    ExitCode(1, "bug", "a bug (traceback); the file goes back to pending", False),
+    ExitCode(2, "stopped", "a problem of the run: setting, key missing, store or state file; "
+                           "the run stopped, the file went back to pending, nothing was charged", True),
+    ExitCode(3, "failed", "the file failed, reason recorded", False),
+    ExitCode(4, "requeued", "embeddings API unavailable: the file went back to pending", False),
+    ExitCode(5, "key refused", "the API key was refused: the run stopped, nothing was charged", True),
+    ExitCode(6, "split", "out of memory: the file was split and its parts queued", False),
+    ExitCode(7, "released", "interrupted (SIGTERM): the file went back to pending", False),
+    ExitCode(8, "held elsewhere", "store busy, or the file is taken by another worker", False),
+]
+_BY_CODE = {e.code: e for e in EXIT_CODES}
+
+EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_FILE_FAILED, EXIT_API_DOWN, EXIT_AUTH, EXIT_MEMORY, EXIT_INTERRUPTED, \
+    EXIT_BUSY = (e.code for e in EXIT_CODES)
+
+
+def outcome_name(code: int) -> str:
+    known = _BY_CODE.get(code)
+    return known.outcome if known else f"exit {code}"
+
+
+def exit_codes_help() -> str:
+    return "exit codes:\n" + "\n".join(f"  {e.code} {e.meaning}" for e in EXIT_CODES)
 
 
 class IngestionError(Exception):
@@ -33,9 +56,20 @@ class ConfigError(IngestionError):
 
 
 class StateFileError(IngestionError):
-    """file_queue.json or checkpoint.json cannot be read; says how to recover."""
+    """file_queue.json or checkpoint.json cannot be read or written; says how to recover."""
 
     exit_code = EXIT_CONFIG
+
+
+class StoreError(IngestionError):
+    """The store cannot be opened, read or written (path, permission, disk full, server down,
+    a collection made elsewhere or with other settings): a problem of the run, never of a file."""
+
+    exit_code = EXIT_CONFIG
+
+
+class StoreMismatch(StoreError):
+    """The collection was made with other settings, or not by this project."""
 
 
 class FileRejected(IngestionError):
@@ -76,9 +110,3 @@ class HeldElsewhere(IngestionError):
     """Another worker (another machine, sharing the Chroma server) is ingesting this file."""
 
     exit_code = EXIT_BUSY
-
-
-class StoreMismatch(IngestionError):
-    """The collection was built with another model or dimension count."""
-
-    exit_code = EXIT_CONFIG

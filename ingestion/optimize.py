@@ -22,12 +22,12 @@ import re
 from dataclasses import dataclass, field
 
 from ingestion.chunking import count_tokens
-from ingestion.ingest import sha256_text
+from ingestion.hashing import sha256_text
+from ingestion.schema import REQUIRED
 from ingestion.store import PAGE, Store
 
 log = logging.getLogger("ingestion")
 HEX64 = re.compile(r"[0-9a-f]{64}")
-REQUIRED = {"source": str, "chunk_index": int, "token_count": int, "content_sha256": str, "file_sha256": str}
 
 
 @dataclass
@@ -56,23 +56,13 @@ def normalized_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _pages(store: Store, include: list[str]):
-    offset = 0
-    while True:
-        page = store.chunks.get(include=include, limit=PAGE, offset=offset)
-        yield page
-        if len(page["ids"]) < PAGE:
-            return
-        offset += PAGE
-
-
 def optimize(store: Store, dry_run: bool = False, progress=None) -> Report:
     report = Report()
     # pass 1: group by normalized text; remember (source, id, also_sources) of each text's first chunk
     first: dict[str, tuple[str, str, list]] = {}
     members: dict[str, list[tuple[str, str, list]]] = {}
     all_ids: list[str] = []
-    for page in _pages(store, ["documents", "metadatas"]):
+    for page in store.pages(include=("documents", "metadatas")):
         for cid, doc, meta in zip(page["ids"], page["documents"], page["metadatas"]):
             report.chunks += 1
             all_ids.append(cid)
@@ -102,12 +92,11 @@ def optimize(store: Store, dry_run: bool = False, progress=None) -> Report:
     report.duplicates_removed = len(drop)
     drop_set = set(drop)
     if not dry_run:
-        for i in range(0, len(drop), store.max_batch):
-            store.chunks.delete(ids=drop[i:i + store.max_batch])
+        store.delete(drop)
     # pass 2 and 3: validate, fix, flag, record survivors' other sources (by id: updates may reorder pages)
     keep_ids = [i for i in all_ids if i not in drop_set]
     for n in range(0, len(keep_ids), PAGE):
-        page = store.chunks.get(ids=keep_ids[n:n + PAGE], include=["documents", "metadatas"])
+        page = store.get(keep_ids[n:n + PAGE])
         ids, metas = [], []
         for cid, doc, meta in zip(page["ids"], page["documents"], page["metadatas"]):
             update = _check(cid, doc, dict(meta or {}), survivor_sources.get(cid), report)

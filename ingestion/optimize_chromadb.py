@@ -8,18 +8,20 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 from ingestion import cli, optimize, progress, settings  # noqa: E402
 from ingestion.store import Store  # noqa: E402
 
-SETTINGS = settings.STORE_SETTINGS + ["EMBEDDING_MODEL", "LOG_LEVEL", "LOG_FORMAT"]
-
 
 def main() -> int:
-    p = cli.parser("optimize_chromadb.py", __doc__ + "\n\n" + optimize.__doc__.split("\n\n", 1)[1], SETTINGS)
+    p = cli.parser("optimize_chromadb.py", __doc__ + "\n\n" + optimize.__doc__.split("\n\n", 1)[1])
     p.add_argument("--dry-run", action="store_true", help="report what would change, change nothing")
     p.add_argument("--list-invalid", type=int, default=20, metavar="N",
                    help="list at most N chunks whose metadata cannot be fixed (default 20)")
     args = p.parse_args()
     cfg = settings.load()
-    with Store(cfg) as store, progress.bar(store.count(), "checking chunks", "chunks") as advance:
-        report = optimize.optimize(store, dry_run=args.dry_run, progress=advance)
+    with Store(cfg, check="ours", create=False) as store:
+        if not store.count():
+            print("optimize: the store is empty: run the worker first")
+            return 0
+        with progress.bar(store.count(), "checking chunks", "chunks") as advance:
+            report = optimize.optimize(store, dry_run=args.dry_run, progress=advance)
     for cid, problem in report.invalid[:args.list_invalid]:
         print(f"invalid {cid}: {problem}")
     print(report.line(args.dry_run))

@@ -20,48 +20,66 @@ class Setting:
     name: str
     default: str | None
     help: str
+    read_by: str  # the scripts that read it, themselves or in their children: letters of SCRIPTS
 
 
-# One line a setting. The README's configuration table is checked against this list.
+# The scripts, by the letter SETTINGS uses for them. The worker runs ingest_one_file.py's code for
+# each file, so it reads everything that script reads.
+SCRIPTS = {"g": "generate_file_queue.py", "i": "ingest_one_file.py", "w": "process_queue_worker.py",
+           "a": "auto_chunker.py", "o": "optimize_chromadb.py", "q": "query_chromadb.py"}
+_STORE = "giwoq"
+_EMBED = "iwq"
+_CUT = "giwo"  # how files are cut: part of a collection's record
+
+# One line a setting. The README's configuration table and every --help come from this list.
 SETTINGS = [
-    Setting("TRANSCRIPTS_DIR", "/app/10K2Kv2", "folder scanned recursively for *.txt"),
+    Setting("TRANSCRIPTS_DIR", "/app/10K2Kv2", "folder scanned recursively for *.txt", "giwa"),
     Setting("CHECKPOINT_DIR", "/app/checkpoints",
-            "holds file_queue.json, checkpoint.json and split parts (splits/)"),
-    Setting("CHROMA_PATH", "/app/chroma_db", "embedded ChromaDB directory (PersistentClient)"),
-    Setting("CHROMA_COLLECTION", "transcripts", "collection name (cosine space)"),
-    Setting("CHROMA_HOST", None, "when set, use a Chroma server (HttpClient) instead of CHROMA_PATH"),
-    Setting("CHROMA_PORT", "8000", "Chroma server port"),
-    Setting("CHROMA_SSL", "false", "use https to reach the Chroma server"),
-    Setting("CHROMA_AUTH_TOKEN", None, "bearer token sent to the Chroma server, if it needs one"),
-    Setting("CHROMA_API_KEY", None, "when set, use Chroma Cloud (CloudClient) with CHROMA_TENANT and CHROMA_DATABASE"),
-    Setting("CHROMA_TENANT", None, "Chroma Cloud tenant"),
-    Setting("CHROMA_DATABASE", None, "Chroma Cloud database"),
-    Setting("OPENAI_API_KEY", None, "the OpenAI SDK's own variable; required to embed"),
-    Setting("OPENAI_BASE_URL", None, "the OpenAI SDK's own variable (an OpenAI-compatible server)"),
-    Setting("OPENAI_MAX_RETRIES", "5", "SDK retries per request (429, 5xx, timeouts) before a file is requeued"),
-    Setting("OPENAI_TIMEOUT", "60", "seconds before one embeddings request times out"),
-    Setting("EMBEDDING_MODEL", "text-embedding-3-small", "OpenAI embeddings model"),
-    Setting("EMBEDDING_DIMENSIONS", None, "shorter vectors (text-embedding-3 only); unset: the model's default"),
-    Setting("CHUNK_MAX_TOKENS", "500", "hard upper bound per chunk (tiktoken cl100k_base)"),
-    Setting("CHUNK_OVERLAP_TOKENS", "50", "tokens of the previous chunk repeated at the start of the next"),
-    Setting("EMBED_BATCH_SIZE", "10", "chunks per embeddings request (at most 2048)"),
-    Setting("EMBED_CONCURRENCY", "4", "embeddings requests in flight at once"),
-    Setting("MAX_ITERATIONS", "1", "files per worker run; 0 means until the queue is empty"),
-    Setting("FILES_PER_CHILD", "1", "files one worker subprocess takes before it is replaced (1: a fresh process per file)"),
-    Setting("FILE_CONCURRENCY", "2", "files a worker subprocess ingests at once (FILES_PER_CHILD > 1)"),
-    Setting("CHILD_MAX_RSS_MB", "1500", "a worker subprocess above this RSS takes no further file (FILES_PER_CHILD > 1)"),
-    Setting("WORKER_SHARD", None, "i/N: this worker takes only the files whose path hash falls in shard i of N"),
-    Setting("MAX_ATTEMPTS", "3", "tries per file after transient API errors before it is failed"),
-    Setting("LEASE_SECONDS", "600", "a lease on a file not renewed for this long (by a process elsewhere) is stale"),
-    Setting("MEMORY_LIMIT_MB", None, "when set, an ingesting process above this RSS counts as out of memory"),
-    Setting("SPLIT_PARTS", "4", "parts a file is split into after running out of memory"),
-    Setting("SPLIT_MIN_BYTES", "65536", "a part this small that still runs out of memory is failed"),
-    Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
-    Setting("LOG_FORMAT", "text", "text, or json for log platforms (one JSON object a line)"),
+            "holds file_queue.json, checkpoint.json and split parts (splits/)", "giwa"),
+    Setting("CHROMA_PATH", "/app/chroma_db", "embedded ChromaDB directory (PersistentClient)", _STORE),
+    Setting("CHROMA_COLLECTION", "transcripts", "collection name (cosine space)", _STORE),
+    Setting("CHROMA_HOST", None, "when set, use a Chroma server (HttpClient) instead of CHROMA_PATH", _STORE),
+    Setting("CHROMA_PORT", "8000", "Chroma server port", _STORE),
+    Setting("CHROMA_SSL", "false", "use https to reach the Chroma server", _STORE),
+    Setting("CHROMA_AUTH_TOKEN", None, "bearer token sent to the Chroma server, if it needs one", _STORE),
+    Setting("CHROMA_API_KEY", None,
+            "when set, use Chroma Cloud (CloudClient) with CHROMA_TENANT and CHROMA_DATABASE", _STORE),
+    Setting("CHROMA_TENANT", None, "Chroma Cloud tenant", _STORE),
+    Setting("CHROMA_DATABASE", None, "Chroma Cloud database", _STORE),
+    Setting("OPENAI_API_KEY", None, "the OpenAI SDK's own variable; required to embed", _EMBED),
+    Setting("OPENAI_BASE_URL", None, "the OpenAI SDK's own variable (an OpenAI-compatible server)", _EMBED),
+    Setting("OPENAI_MAX_RETRIES", "5", "SDK retries per request (429, 5xx, timeouts) before a file is requeued",
+            _EMBED),
+    Setting("OPENAI_TIMEOUT", "60", "seconds before one embeddings request times out", _EMBED),
+    Setting("EMBEDDING_MODEL", "text-embedding-3-small", "OpenAI embeddings model", "giwoq"),
+    Setting("EMBEDDING_DIMENSIONS", None, "shorter vectors (text-embedding-3 only); unset: the model's default",
+            "giwoq"),
+    Setting("CHUNK_MAX_TOKENS", "500", "hard upper bound per chunk (tiktoken cl100k_base)", _CUT),
+    Setting("CHUNK_OVERLAP_TOKENS", "50", "tokens of the previous chunk repeated at the start of the next", _CUT),
+    Setting("TEXT_CLEANUP", "auto", "auto: strip page furniture and word indexes of paginated transcripts, "
+            "add page:line; off: read every file as it is", _CUT),
+    Setting("EMBED_BATCH_SIZE", "10", "chunks per embeddings request (at most 2048)", "iw"),
+    Setting("EMBED_CONCURRENCY", "4", "embeddings requests in flight at once", "iw"),
+    Setting("MAX_ITERATIONS", "1", "files per worker run; 0 means until the queue is empty", "w"),
+    Setting("FILES_PER_CHILD", "1",
+            "files one worker subprocess takes before it is replaced (1: a fresh process per file)", "w"),
+    Setting("FILE_CONCURRENCY", "2", "files a worker subprocess ingests at once (FILES_PER_CHILD > 1)", "w"),
+    Setting("CHILD_MAX_RSS_MB", "1500",
+            "a worker subprocess above this RSS takes no further file (FILES_PER_CHILD > 1)", "w"),
+    Setting("WORKER_SHARD", None, "i/N: this worker takes only the files whose path hash falls in shard i of N",
+            "giw"),
+    Setting("MAX_ATTEMPTS", "3", "tries per file after transient API errors before it is failed", "iw"),
+    Setting("LEASE_SECONDS", "600",
+            "a lease on a file not renewed for this long (by a process elsewhere) is stale", "iw"),
+    Setting("GRACE_SECONDS", "90", "after SIGTERM, seconds the worker gives its subprocess to release the file "
+            "before killing it (keep it under the platform's shutdown delay)", "w"),
+    Setting("MEMORY_LIMIT_MB", None, "when set, an ingesting process above this RSS counts as out of memory", "iw"),
+    Setting("SPLIT_PARTS", "4", "parts a file is split into after running out of memory", "iwa"),
+    Setting("SPLIT_MIN_BYTES", "65536", "a part this small that still runs out of memory is failed", "iw"),
+    Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", "giwaoq"),
+    Setting("LOG_FORMAT", "text", "text, or json for log platforms (one JSON object a line)", "giwaoq"),
 ]
 _BY_NAME = {s.name: s for s in SETTINGS}
-STORE_SETTINGS = ["CHROMA_PATH", "CHROMA_COLLECTION", "CHROMA_HOST", "CHROMA_PORT", "CHROMA_SSL", "CHROMA_AUTH_TOKEN",
-                  "CHROMA_API_KEY", "CHROMA_TENANT", "CHROMA_DATABASE"]
 
 _dotenv_loaded = False
 
@@ -135,11 +153,28 @@ class Config:
     split_min_bytes: int
     openai_max_retries: int
     openai_timeout: float
+    text_cleanup: str
+    worker_shard: tuple[int, int] | None
+    grace_seconds: int
 
     @property
     def remote_store(self) -> bool:
         """A Chroma server or Chroma Cloud: shared by machines, no local lock."""
         return bool(self.chroma_host or self.chroma_api_key)
+
+    @property
+    def store_address(self) -> str:
+        """Where the store is, as a queue records it: a folder, a server URL, or a Chroma Cloud database."""
+        if self.chroma_api_key:
+            return f"chroma-cloud:{self.chroma_tenant or ''}/{self.chroma_database or ''}"
+        if self.chroma_host:
+            return f"{'https' if self.chroma_ssl else 'http'}://{self.chroma_host}:{self.chroma_port}"
+        return str(self.chroma_path)
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        """The only folders a queued file may be read from."""
+        return [self.transcripts_dir, self.splits_dir]
 
     @property
     def queue_path(self) -> Path:
@@ -196,14 +231,47 @@ def load(overrides: dict[str, str | None] | None = None) -> Config:
         split_min_bytes=_int("SPLIT_MIN_BYTES", 1),
         openai_max_retries=_int("OPENAI_MAX_RETRIES", 0, 20),
         openai_timeout=float(_int("OPENAI_TIMEOUT", 1)),
+        text_cleanup=_choice("TEXT_CLEANUP", ("auto", "off")),
+        worker_shard=_shard(),
+        grace_seconds=_int("GRACE_SECONDS", 1, 3600),
     )
 
 
-def help_table(names: list[str]) -> str:
-    """Settings as `--help` epilog lines: NAME (default: X) meaning."""
+def _choice(name: str, allowed: tuple[str, ...]) -> str:
+    value = (raw(name) or "").lower()
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw(name)!r}")
+    return value
+
+
+def _shard() -> tuple[int, int] | None:
+    spec = raw("WORKER_SHARD")
+    if not spec:
+        return None
+    try:
+        i, n = (int(x) for x in spec.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise ConfigError(f"WORKER_SHARD must look like i/N with 0 <= i < N, got {spec!r}") from None
+    return i, n
+
+
+def api_key() -> str:
+    """OPENAI_API_KEY, or a ConfigError saying where it belongs."""
+    key = raw("OPENAI_API_KEY")
+    if not key:
+        raise ConfigError("OPENAI_API_KEY is not set: put it in the environment or in .env "
+                          "(never in the queue, the image or the code)")
+    return key
+
+
+def help_table(script: str) -> str:
+    """The settings a script (and its children) read, as `--help` epilog lines: NAME meaning (default: X)."""
+    letter = next(k for k, v in SCRIPTS.items() if v == script)
     lines = ["settings (environment variables, also read from .env):"]
-    for name in names:
-        s = _BY_NAME[name]
+    for s in SETTINGS:
+        if letter not in s.read_by:
+            continue
         default = s.default if s.default is not None else "unset"
-        lines.append(f"  {name:<22} {s.help} (default: {default})")
+        lines.append(f"  {s.name:<22} {s.help} (default: {default})")
     return "\n".join(lines)

@@ -5,18 +5,12 @@ import re
 from collections import Counter
 from datetime import datetime
 
-from ingestion import file_queue, state
-from ingestion.errors import StoreBusy
+from ingestion import checkpoint, file_queue, state
+from ingestion.errors import IngestionError, StoreBusy
+from ingestion.models import cost
 from ingestion.settings import Config
 
-# US dollars per 1M tokens (OpenAI's price list; the Batch API is half of these)
-PRICE_PER_MILLION = {"text-embedding-3-small": 0.02, "text-embedding-3-large": 0.13, "text-embedding-ada-002": 0.10}
 RECENT = 50  # completions used for the throughput and the ETA
-
-
-def cost(tokens: int, model: str) -> float | None:
-    price = PRICE_PER_MILLION.get(model)
-    return None if price is None else tokens / 1_000_000 * price
 
 
 def dollars(amount: float) -> str:
@@ -39,21 +33,22 @@ def _when(stamp: str) -> float | None:
 
 def collect(cfg: Config, with_store: bool = True) -> dict:
     q, c = state.read(cfg)
-    done = c["processed_files"].values()
+    done = checkpoint.done_files(c).values()
     tokens = sum(d.get("tokens") or 0 for d in done)
     embedded = sum(d.get("embedded_tokens") or 0 for d in done)
     info = {
         "queue": file_queue.counts(q),
-        "files_completed": len(c["processed_files"]),
+        "files_completed": len(checkpoint.done_files(c)),
         "chunks_recorded": sum(d.get("chunks") or 0 for d in done),
         "tokens_in_chunks": tokens,
         "tokens_embedded": embedded,
         "model": cfg.embedding_model,
         "cost_usd": cost(embedded, cfg.embedding_model),
-        "failed_by_reason": dict(Counter(reason_kind(q["files"].get(p, {}).get("reason", "unknown"))
-                                         for p in q["failed"]).most_common()),
+        "failed_by_reason": dict(Counter(reason_kind(file_queue.reason(q, p))
+                                         for p in file_queue.paths(q, "failed")).most_common()),
     }
-    recent = sorted((t, d) for d in done if (t := _when(d.get("timestamp"))) is not None)[-RECENT:]
+    recent = sorted(((t, d) for d in done if (t := _when(d.get("timestamp"))) is not None),
+                    key=lambda pair: pair[0])[-RECENT:]
     if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
         span = recent[-1][0] - recent[0][0]
         per_hour = (len(recent) - 1) / span * 3600
@@ -72,12 +67,12 @@ def _store_counts(cfg: Config) -> dict:
     from ingestion.store import Store
 
     try:
-        with Store(cfg, wait=False) as store:
-            return {"chunks": store.count(), "files": store.files.count()}
+        with Store(cfg, wait=False, check=None, create=False) as store:
+            return {"chunks": store.count(), "files": store.files_count(), "record": store.record()}
     except StoreBusy:
         return {"busy": "a worker is writing to the embedded store; counts from the checkpoint"}
-    except Exception as e:
-        return {"error": str(e).splitlines()[0][:200]}
+    except IngestionError as e:
+        return {"error": str(e)}
 
 
 def render(info: dict) -> str:

@@ -1,10 +1,17 @@
-"""The vector store: ChromaDB, embedded (PersistentClient) or a server (HttpClient).
+"""The vector store: ChromaDB, embedded (PersistentClient), a server (HttpClient) or Chroma Cloud.
 
-Two collections:
-- CHROMA_COLLECTION holds the chunks (cosine space), one record a chunk;
+Collections:
+- CHROMA_COLLECTION holds the chunks (cosine space), one record a chunk; its metadata
+  is the collection's record of how it was made (RECORD_KEYS), stamped on its first
+  successful write;
 - CHROMA_COLLECTION + "_files" holds one record a finished source file (its path,
   content hash, chunk and token counts), so "is this file done?" can be answered
-  from the store alone, even when the queue and checkpoint are gone.
+  from the store alone, even when the queue and checkpoint are gone;
+- CHROMA_COLLECTION + "_leases" (shared stores only): which worker holds which file.
+
+Every Chroma call of the project goes through Store. A call that fails is retried
+with backoff (a server's internal error, a timeout, a dropped connection), then
+becomes a StoreError: a problem of the run, which stops it and never fails a file.
 
 The embedded store is not safe for two writing processes (it loses vectors
 silently), so a process that opens it holds an exclusive lock on
@@ -12,30 +19,55 @@ CHROMA_PATH/.ingestion.lock until it closes it. Through a server, no lock is nee
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import logging
 import math
 import os
+import re
+import socket
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
-from ingestion.errors import ConfigError, StoreBusy, StoreMismatch
+from ingestion import models
+from ingestion.errors import ConfigError, StoreBusy, StoreError, StoreMismatch
+from ingestion.hashing import source_key
+from ingestion.procinfo import pid_alive
 from ingestion.settings import Config
 
 log = logging.getLogger(__name__)
 
-MODEL_DIMENSIONS = {
-    "text-embedding-3-small": 1536,
-    "text-embedding-3-large": 3072,
-    "text-embedding-ada-002": 1536,
-}
-PAGE = 1000  # ids per page when listing a collection
+PAGE = 1000              # records per page when listing a collection
+RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failing store call
+MADE_BY = "transcript-ingestion"
+OUR_ID = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}")
 
 
-def model_dimensions(cfg: Config) -> int:
-    return cfg.embedding_dimensions or MODEL_DIMENSIONS.get(cfg.embedding_model, 0)
+def wanted_record(cfg: Config) -> dict:
+    """How this run would make the collection: what its record must say."""
+    from ingestion import chunking
+    try:
+        from ingestion import cleanup
+        cleanup_version = cleanup.CLEANUP_VERSION
+    except ImportError:  # TEMP until cleanup lands
+        cleanup_version = 1
+
+    return {"made_by": MADE_BY, "embedding_model": cfg.embedding_model,
+            "embedding_dimensions": models.dimensions(cfg.embedding_model, cfg.embedding_dimensions) or 0,
+            "distance": "cosine", "tokenizer": models.TOKENIZER, "chunk_max_tokens": cfg.chunk_max_tokens,
+            "chunk_overlap_tokens": cfg.chunk_overlap_tokens, "chunker_version": getattr(chunking, "CHUNKER_VERSION", 1),
+            "text_cleanup": cfg.text_cleanup,
+            "cleanup_version": cleanup_version if cfg.text_cleanup == "auto" else 0}
+
+
+RECORD_SETTING = {"embedding_model": "EMBEDDING_MODEL", "embedding_dimensions": "EMBEDDING_DIMENSIONS",
+                  "chunk_max_tokens": "CHUNK_MAX_TOKENS", "chunk_overlap_tokens": "CHUNK_OVERLAP_TOKENS",
+                  "text_cleanup": "TEXT_CLEANUP", "chunker_version": "the chunker's version",
+                  "cleanup_version": "the cleanup's version", "tokenizer": "the tokenizer"}
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else "") or type(e).__name__
 
 
 def make_client(cfg: Config):
@@ -52,47 +84,64 @@ def make_client(cfg: Config):
             headers = {"Authorization": f"Bearer {cfg.chroma_auth_token}"} if cfg.chroma_auth_token else None
             return chromadb.HttpClient(host=cfg.chroma_host, port=cfg.chroma_port, ssl=cfg.chroma_ssl,
                                        headers=headers, settings=settings)
+        cfg.chroma_path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(cfg.chroma_path), settings=settings)
     except Exception as e:  # remote clients check the server at once
-        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         if cfg.chroma_api_key:
-            raise ConfigError(f"cannot reach Chroma Cloud: {why}") from None
-        raise ConfigError(f"cannot reach the Chroma server at {cfg.chroma_host}:{cfg.chroma_port}: {why}") from None
-    cfg.chroma_path.mkdir(parents=True, exist_ok=True)
-    return chromadb.PersistentClient(path=str(cfg.chroma_path), settings=settings)
+            raise StoreError(f"cannot reach Chroma Cloud: {_why(e)}") from None
+        if cfg.chroma_host:
+            raise StoreError(f"cannot reach the Chroma server at {cfg.chroma_host}:{cfg.chroma_port}: {_why(e)}") \
+                from None
+        raise StoreError(f"cannot open the embedded store at CHROMA_PATH={cfg.chroma_path}: {_why(e)}") from None
 
 
-def source_key(source: str) -> str:
-    return hashlib.sha256(source.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-
-
-def chunk_id(source: str, content_sha256: str) -> str:
-    """Deterministic: the same text of the same source always gets the same id."""
-    return f"{source_key(source)}-{content_sha256[:32]}"
+def _space(col) -> str:
+    config = getattr(col, "configuration_json", None) or {}
+    space = (config.get("hnsw") or {}).get("space") or (col.metadata or {}).get("hnsw:space")
+    return space or "l2"
 
 
 class Store:
-    """An open store. Use as a context manager so the embedded lock is released."""
+    """An open store, checked against the settings. Use as a context manager (the embedded lock).
 
-    def __init__(self, cfg: Config, wait: bool = True):
+    check: "write" refuses a collection made elsewhere or with other settings (before anything
+    is created); "read" one of ours made with another model (a query must embed alike);
+    "ours" only one made elsewhere (the optimizer); None checks nothing (status)."""
+
+    def __init__(self, cfg: Config, wait: bool = True, check: str | None = "write", create: bool = True):
         self.cfg = cfg
         self._lock_fd = None
+        self.stamped = False
         if not cfg.remote_store:
             self._lock(wait)
         try:
             self.client = make_client(cfg)
-            self.max_batch = self.client.get_max_batch_size()
-            self.chunks = self._collection(cfg.chroma_collection, chunks=True)
-            self.files = self._collection(cfg.chroma_collection + "_files", chunks=False)
-            self.leases = self._collection(cfg.chroma_collection + "_leases", chunks=False) \
-                if cfg.remote_store else None
+            self.max_batch = self.call(self.client.get_max_batch_size)
+            existing = self._get_collection(cfg.chroma_collection)
+            if existing is not None and check:
+                self._check(existing, check)
+            if existing is None and not create:
+                self.chunks = self.files = self.leases = None
+                return
+            self.chunks = existing if existing is not None else self.call(
+                self.client.get_or_create_collection, cfg.chroma_collection,
+                metadata={"hnsw:space": "cosine"}, embedding_function=None)
+            self.stamped = (self.chunks.metadata or {}).get("made_by") == MADE_BY
+            self.files = self._side(cfg.chroma_collection + "_files")
+            self.leases = self._side(cfg.chroma_collection + "_leases") if cfg.remote_store else None
         except BaseException:
             self.close()
             raise
 
+    # ---- opening -----------------------------------------------------------------
     def _lock(self, wait: bool) -> None:
-        self.cfg.chroma_path.mkdir(parents=True, exist_ok=True)
         path = self.cfg.chroma_path / ".ingestion.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.cfg.chroma_path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot use CHROMA_PATH={self.cfg.chroma_path} as the embedded store's folder: "
+                             f"{e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -103,20 +152,65 @@ class Store:
             fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
 
-    def _collection(self, name: str, chunks: bool):
-        model, dims = self.cfg.embedding_model, model_dimensions(self.cfg)
-        metadata = {"hnsw:space": "cosine"}
-        if chunks:
-            metadata.update(embedding_model=model, embedding_dimensions=dims)
-        col = self.client.get_or_create_collection(name, metadata=metadata, embedding_function=None)
-        if chunks:
-            stored = col.metadata or {}
-            if stored.get("embedding_model", model) != model or stored.get("embedding_dimensions", dims) != dims:
+    def _get_collection(self, name: str):
+        from chromadb.errors import NotFoundError
+
+        try:
+            return self.call(self.client.get_collection, name, embedding_function=None, retry_on=(NotFoundError,))
+        except NotFoundError:
+            return None
+
+    def _side(self, name: str):
+        return self.call(self.client.get_or_create_collection, name, metadata={"hnsw:space": "cosine"},
+                         embedding_function=None)
+
+    def _check(self, col, mode: str) -> None:
+        """Refuse a collection that this run would spoil: made elsewhere, or with other settings."""
+        want = wanted_record(self.cfg)
+        name = self.cfg.chroma_collection
+        record = dict(col.metadata or {})
+        space = _space(col)
+        count = self.call(col.count)
+        sample = self.call(col.get, limit=3, include=["embeddings"]) if count else {"ids": [], "embeddings": []}
+        dims = len(sample["embeddings"][0]) if count and sample["embeddings"] is not None \
+            and len(sample["embeddings"]) else None
+        ours_ids = all(OUR_ID.fullmatch(i) for i in sample["ids"])
+        ways = (f"use another CHROMA_COLLECTION (for example {name}_v2; this one is left as it is), "
+                "or point CHROMA_PATH/CHROMA_HOST at the store it belongs to")
+        if record.get("made_by") != MADE_BY and mode == "read":
+            return  # a query may read any collection (its distances are named for its real space)
+        if record.get("made_by") != MADE_BY:
+            older_ours = record.get("embedding_model") and ours_ids and space == "cosine"
+            foreign = space != "cosine" or (count and not older_ours) or \
+                (dims is not None and want["embedding_dimensions"] and dims != want["embedding_dimensions"])
+            if foreign:
+                size = f"{count:,} records of {dims} dimensions" if count else "no records"
                 raise StoreMismatch(
-                    f"collection {name!r} holds {stored.get('embedding_model')} vectors of "
-                    f"{stored.get('embedding_dimensions')} dimensions, but EMBEDDING_MODEL={model} "
-                    f"gives {dims}; use another CHROMA_COLLECTION or the same model")
-        return col
+                    f"collection {name} holds {size} in {space} space made elsewhere; this run would write "
+                    f"{want['embedding_dimensions']}-dimension cosine vectors: {ways}")
+            if older_ours:  # made by an earlier version of this project, before the full record
+                record = {k: record.get(k, want[k]) for k in ("embedding_model", "embedding_dimensions")}
+                differs = [k for k in record if record[k] != want[k]]
+                if differs:
+                    raise StoreMismatch(self._differs_message(name, count, record, want, differs))
+            return
+        if mode == "ours":
+            return
+        keys = {"write": list(RECORD_SETTING), "read": ["embedding_model", "embedding_dimensions"], "ours": []}[mode]
+        if not want["embedding_dimensions"]:  # a model we know nothing of: its vectors' size is what it gave
+            keys.remove("embedding_dimensions")
+        differs = [k for k in keys if record.get(k) != want[k]]
+        if differs:
+            raise StoreMismatch(self._differs_message(name, count, record, want, differs))
+
+    @staticmethod
+    def _differs_message(name, count, record, want, differs) -> str:
+        what = ", ".join(f"{RECORD_SETTING[k]} {record.get(k)!r} (this run: {want[k]!r})" for k in differs)
+        settable = [RECORD_SETTING[k] for k in differs if RECORD_SETTING[k].isupper()]
+        back = f"set {', '.join(settable)} back as they were" if settable else \
+            "re-ingest into a new collection (the cutting rules changed)"
+        return (f"collection {name} ({count:,} records) was made with {what}; mixing them would spoil it: "
+                f"{back}, or use another CHROMA_COLLECTION (for example {name}_v2) for the new settings")
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -129,79 +223,140 @@ class Store:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # ---- every Chroma call -------------------------------------------------------------
+    def call(self, fn: Callable, *args, retry_on: tuple = (), **kwargs):
+        """fn(*args, **kwargs), retried with backoff; a lasting failure is a StoreError.
+
+        retry_on: exceptions that are an answer, not a failure (raised at once)."""
+        from chromadb.errors import InvalidArgumentError
+
+        for attempt, pause in enumerate((*RETRIES, None)):
+            try:
+                return fn(*args, **kwargs)
+            except retry_on:
+                raise
+            except InvalidArgumentError as e:  # refused for good (a vector of another size, say)
+                raise StoreError(f"the store refused the write: {_why(e)}") from None
+            except Exception as e:
+                if pause is None:
+                    raise StoreError(f"the store kept failing ({_why(e)}) after {len(RETRIES)} retries: "
+                                     f"{self._where()}") from None
+                log.warning("store call failed (%s); retrying in %.1fs", _why(e), pause)
+                time.sleep(pause)
+
+    def _where(self) -> str:
+        if self.cfg.remote_store:
+            return f"check the Chroma server ({self.cfg.store_address})"
+        return f"check CHROMA_PATH={self.cfg.chroma_path} (free disk space, permissions)"
+
+    def pages(self, collection=None, include=("metadatas",), where: dict | None = None) -> Iterator[dict]:
+        """A collection (default: the chunks), one page of PAGE records at a time."""
+        collection = collection if collection is not None else self.chunks
+        offset = 0
+        while True:
+            page = self.call(collection.get, where=where, include=list(include), limit=PAGE, offset=offset)
+            yield page
+            if len(page["ids"]) < PAGE:
+                return
+            offset += PAGE
+
+    # ---- the collection's record ---------------------------------------------------------
+    def stamp(self, dimensions: int) -> None:
+        """Record how the collection was made: called after its first successful write."""
+        if not self.stamped:
+            self.call(self.chunks.modify, metadata={**wanted_record(self.cfg), "embedding_dimensions": dimensions})
+            self.stamped = True
+
+    def record(self) -> dict:
+        return dict(self.chunks.metadata or {}) if self.chunks is not None else {}
+
+    def space(self) -> str:
+        return _space(self.chunks)
+
     # ---- chunks ----------------------------------------------------------------
-    def stored_metadata(self, ids: list[str]) -> dict[str, dict]:
-        """id -> metadata for those of ids already stored (embedding not loaded)."""
-        found = self.chunks.get(ids=ids, include=["metadatas"])
-        return dict(zip(found["ids"], found["metadatas"]))
+    def metadata_of_source(self, source: str) -> dict[str, dict]:
+        """id -> metadata of every chunk whose source is this file (one lookup per file)."""
+        out: dict[str, dict] = {}
+        for page in self.pages(where={"source": source}):
+            out.update(zip(page["ids"], page["metadatas"]))
+        return out
 
     def embeddings_by_content(self, content_hashes: list[str]) -> dict[str, list[float]]:
         """content_sha256 -> a stored embedding of the same text (from any source)."""
         if not content_hashes:
             return {}
-        found = self.chunks.get(where={"content_sha256": {"$in": sorted(set(content_hashes))}},
-                                include=["metadatas", "embeddings"])
+        found = self.call(self.chunks.get, where={"content_sha256": {"$in": sorted(set(content_hashes))}},
+                          include=["metadatas", "embeddings"])
         return {m["content_sha256"]: [float(x) for x in e] for m, e in zip(found["metadatas"], found["embeddings"])}
 
     def add(self, ids, embeddings, documents, metadatas) -> None:
         for i in range(0, len(ids), self.max_batch):
             s = slice(i, i + self.max_batch)
-            self.chunks.add(ids=ids[s], embeddings=embeddings[s], documents=documents[s], metadatas=metadatas[s])
+            self.call(self.chunks.upsert, ids=ids[s], embeddings=embeddings[s], documents=documents[s],
+                      metadatas=metadatas[s])
+        if ids:
+            self.stamp(len(embeddings[0]))
 
     def update_metadata(self, ids: list[str], metadatas: list[dict]) -> None:
         for i in range(0, len(ids), self.max_batch):
-            self.chunks.update(ids=ids[i:i + self.max_batch], metadatas=metadatas[i:i + self.max_batch])
+            self.call(self.chunks.update, ids=ids[i:i + self.max_batch], metadatas=metadatas[i:i + self.max_batch])
 
-    def ids_of_source(self, source: str) -> Iterator[tuple[str, dict]]:
-        """(id, metadata) of every chunk whose source is this file, page by page."""
-        offset = 0
-        while True:
-            page = self.chunks.get(where={"source": source}, include=["metadatas"], limit=PAGE, offset=offset)
-            yield from zip(page["ids"], page["metadatas"])
-            if len(page["ids"]) < PAGE:
-                return
-            offset += PAGE
+    def delete(self, ids: list[str]) -> None:
+        for i in range(0, len(ids), self.max_batch):
+            self.call(self.chunks.delete, ids=ids[i:i + self.max_batch])
 
-    def remove_stale(self, source: str, keep: set[str]) -> int:
+    def get(self, ids: list[str], include=("documents", "metadatas")) -> dict:
+        return self.call(self.chunks.get, ids=ids, include=list(include))
+
+    def any_where(self, where: dict) -> bool:
+        return bool(self.call(self.chunks.get, where=where, limit=1, include=[])["ids"])
+
+    def query(self, vector: list[float], k: int, where: dict | None = None) -> dict:
+        return self.call(self.chunks.query, query_embeddings=[vector], n_results=k, where=where,
+                         include=["documents", "metadatas", "distances"])
+
+    def remove_stale(self, source: str, keep: set[str], stored: dict[str, dict] | None = None) -> int:
         """Delete chunks of source that are not in keep; returns how many went.
 
         A stale chunk that stands for other sources too (after deduplication) is
         handed over to them instead of deleted, so their text stays stored.
-        """
-        stale = [(i, m) for i, m in self.ids_of_source(source) if i not in keep]
+        stored: id -> metadata of the source's chunks, when the caller already looked them up."""
+        stored = self.metadata_of_source(source) if stored is None else stored
+        stale = [(i, m) for i, m in stored.items() if i not in keep]
         delete = [i for i, m in stale if not m.get("also_sources")]
         for i, m in stale:
             others = m.get("also_sources")
             if others:
-                update = {"source": others[0], "also_sources": others[1:] or None}
-                self.chunks.update(ids=[i], metadatas=[update])
-        for n in range(0, len(delete), self.max_batch):
-            self.chunks.delete(ids=delete[n:n + self.max_batch])
+                self.update_metadata([i], [{"source": others[0], "also_sources": others[1:] or None}])
+        self.delete(delete)
         return len(delete)
 
     def count(self) -> int:
-        return self.chunks.count()
+        return self.call(self.chunks.count) if self.chunks is not None else 0
 
     # ---- files -----------------------------------------------------------------
     def mark_done(self, source: str, file_sha256: str, chunks: int, tokens: int) -> None:
         """Record that source, with this content, is fully stored."""
         angle = int(file_sha256[:8], 16) / 0xFFFFFFFF * 2 * math.pi  # distinct tiny vectors
-        self.files.upsert(ids=[source_key(source)], embeddings=[[math.cos(angle), math.sin(angle)]],
-                          documents=[source],
-                          metadatas=[{"source": source, "file_sha256": file_sha256,
-                                      "chunks": chunks, "tokens": tokens}])
+        self.call(self.files.upsert, ids=[source_key(source)], embeddings=[[math.cos(angle), math.sin(angle)]],
+                  documents=[source], metadatas=[{"source": source, "file_sha256": file_sha256,
+                                                  "chunks": chunks, "tokens": tokens}])
+
+    def forget_file(self, source: str) -> None:
+        self.call(self.files.delete, ids=[source_key(source)])
 
     def done_files(self) -> dict[str, dict]:
         """source -> its record, for every file recorded as fully stored."""
+        if self.files is None:
+            return {}
         out: dict[str, dict] = {}
-        offset = 0
-        while True:
-            page = self.files.get(include=["metadatas"], limit=PAGE, offset=offset)
+        for page in self.pages(self.files):
             for m in page["metadatas"]:
                 out[m["source"]] = m
-            if len(page["ids"]) < PAGE:
-                return out
-            offset += PAGE
+        return out
+
+    def files_count(self) -> int:
+        return self.call(self.files.count) if self.files is not None else 0
 
     # ---- leases (shared stores only) -----------------------------------------
     def claim(self, source: str, owner: str, seconds: float, settle: float = 0.3) -> str | None:
@@ -216,7 +371,7 @@ class Store:
             return None
         key = [source_key(source)]
         for _ in range(2):
-            found = self.leases.get(ids=key, include=["metadatas"])
+            found = self.call(self.leases.get, ids=key, include=["metadatas"])
             if found["ids"]:
                 m = found["metadatas"][0]
                 if m.get("owner") != owner and m.get("until", 0) > time.time() and _owner_alive(m.get("owner", "")):
@@ -234,33 +389,25 @@ class Store:
     def unclaim(self, source: str, owner: str) -> None:
         if self.leases is None:
             return
-        found = self.leases.get(ids=[source_key(source)], include=["metadatas"])
+        found = self.call(self.leases.get, ids=[source_key(source)], include=["metadatas"])
         if found["ids"] and found["metadatas"][0].get("owner") == owner:
-            self.leases.delete(ids=[source_key(source)])
+            self.call(self.leases.delete, ids=[source_key(source)])
 
     def _write_lease(self, source: str, owner: str, seconds: float) -> None:
-        self.leases.upsert(ids=[source_key(source)], embeddings=[[1.0, 0.0]], documents=[source],
-                           metadatas=[{"source": source, "owner": owner, "until": time.time() + seconds}])
-
-    def done_record(self, source: str) -> dict | None:
-        found = self.files.get(ids=[source_key(source)], include=["metadatas"])
-        return found["metadatas"][0] if found["ids"] else None
+        self.call(self.leases.upsert, ids=[source_key(source)], embeddings=[[1.0, 0.0]], documents=[source],
+                  metadatas=[{"source": source, "owner": owner, "until": time.time() + seconds}])
 
 
 def _owner_alive(owner: str) -> bool:
     """A lease of this host whose process is gone is free; another host's is taken at its word."""
-    import socket
-
-    from ingestion.file_queue import pid_alive
-
     host, _, pid = owner.rpartition(":")
     return host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid))
 
 
-@contextlib.contextmanager
-def opened(cfg: Config, wait: bool = True) -> Iterator[Store]:
-    store = Store(cfg, wait=wait)
-    try:
-        yield store
-    finally:
-        store.close()
+def check_store(cfg: Config, mode: str = "write") -> None:
+    """Open the store once and check it against the settings, before anything is claimed or paid."""
+    with Store(cfg, check=mode, create=False):
+        pass
+
+
+__all__ = ["Store", "StoreError", "ConfigError", "check_store", "wanted_record", "PAGE"]

@@ -1,11 +1,17 @@
-"""The queue worker: one subprocess per file, so memory is given back after each.
+"""The queue worker: each file in a process of its own, so memory is given back after each.
 
-Before work: builds the queue if there is none, returns stale `processing` entries
-(owner gone, or lease expired) to pending, and finishes split files whose parts
-are all stored. Then, MAX_ITERATIONS times (0: until the queue is empty), claims a
-file and runs `ingest_one_file.py --claimed FILE` for it.
+Before work: checks everything that can be known before paying (job.check_ready),
+builds the queue if there is none (or rebuilds it when it describes another
+collection), returns stale `processing` entries (owner gone, or lease expired) to
+pending, and finishes split files whose parts are all stored. Then, MAX_ITERATIONS
+times (0: until the queue is empty), starts a child that claims a file, ingests it
+and records its outcome (FILES_PER_CHILD files, then the child exits).
 
-When a child dies without recording an outcome:
+Children are forked from a fork server that has already imported chromadb, openai
+and tiktoken, so a child costs a fork, not an interpreter start; where the platform
+cannot fork, each child is a fresh `ingest_one_file.py` subprocess.
+
+When a child dies without recording an outcome (outcomes.after_death):
 - killed by SIGKILL: the kernel's OOM killer is the usual cause. With cgroup
   evidence (memory.events oom_kill went up) or on the file's second kill, it is
   split and its parts are queued; a first kill without evidence just requeues it
@@ -14,10 +20,11 @@ When a child dies without recording an outcome:
 """
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,15 +32,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingestion import file_queue, progress, runner, scan, state
-from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUSY, EXIT_CONFIG, EXIT_FILE_FAILED, EXIT_INTERRUPTED,
-                              EXIT_MEMORY, EXIT_OK)
-from ingestion.settings import Config, raw
+from ingestion import checkpoint, file_queue, job, outcomes, procinfo, progress, scan, state
+from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUG, EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK,
+                              IngestionError, outcome_name)
+from ingestion.settings import Config
 
 log = logging.getLogger("ingestion")
 INGEST_SCRIPT = Path(__file__).resolve().parent / "ingest_one_file.py"
-GRACE_SECONDS = 25  # Render waits 30 s between SIGTERM and SIGKILL
-CGROUP_EVENTS = Path("/sys/fs/cgroup/memory.events")
+BYTES_PER_DIMENSION = 4.1  # measured: ~6.3 KB of RAM per 1536-dimension vector in an HNSW index
+WARN_AT = 0.75
 
 
 @dataclass
@@ -46,43 +53,12 @@ class Tally:
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
 
 
-def oom_kills() -> int | None:
-    try:
-        for line in CGROUP_EVENTS.read_text().splitlines():
-            if line.startswith("oom_kill "):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-BYTES_PER_DIMENSION = 4.1  # measured: ~6.3 KB of RAM per 1536-dimension vector in an HNSW index
-WARN_AT = 0.75
-
-
-def memory_budget_bytes() -> int | None:
-    """This machine's (or container's) memory: cgroup limit, else MemTotal."""
-    for path, scale in (("/sys/fs/cgroup/memory.max", 1), ("/proc/meminfo", 1024)):
-        try:
-            text = Path(path).read_text()
-        except OSError:
-            continue
-        if path.endswith("memory.max"):
-            if text.strip().isdigit():
-                return int(text)
-            continue
-        for line in text.splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * scale
-    return None
-
-
 def capacity_warning(cfg: Config, vectors: int) -> str | None:
     """In embedded mode every process that opens the store loads its whole index: warn near the limit."""
-    from ingestion.store import model_dimensions
+    from ingestion import models
 
-    budget = memory_budget_bytes()
-    dims = model_dimensions(cfg)
+    budget = procinfo.memory_budget_bytes()
+    dims = models.dimensions(cfg.embedding_model, cfg.embedding_dimensions)
     if cfg.remote_store or not budget or not dims:
         return None
     need = vectors * dims * BYTES_PER_DIMENSION
@@ -94,57 +70,56 @@ def capacity_warning(cfg: Config, vectors: int) -> str | None:
             f"{fits:,}. Use a Chroma server (CHROMA_HOST), fewer EMBEDDING_DIMENSIONS, or more memory")
 
 
-def prepare(cfg: Config) -> None:
-    """Queue if missing; stale leases back to pending; finished split files completed."""
-    if not cfg.queue_path.exists():
-        summary, q = scan.refresh(cfg)
-        print(summary.line(q))
+def prepare(cfg: Config) -> int:
+    """Queue for this collection; stale leases back to pending; finished split files completed.
+    Returns the number of pending files."""
+    scan.ensure_queue(cfg)
     with state.transaction(cfg) as (q, c):
         stale = file_queue.release_stale(q, cfg.lease_seconds)
-        ready = [p for p, e in q["files"].items()
-                 if e.get("parts") and all(file_queue.where(q, x) == "completed" for x in e["parts"])]
-        vectors = sum(d.get("chunks") or 0 for d in c["processed_files"].values())
+        ready = file_queue.split_waiting(q)
+        vectors = sum(d.get("chunks") or 0 for d in checkpoint.done_files(c).values())
+        pending = file_queue.counts(q)["pending"]
     warning = capacity_warning(cfg, vectors)
     if warning:
         log.warning("%s", warning)
     for path in stale:
         log.warning("returned %s to pending: its process is gone or its lease expired", path)
-    for original in ready:
-        runner.finalize_split(cfg, original)
+    if ready:
+        from ingestion.store import Store
+
+        with Store(cfg) as store:
+            for original in ready:
+                job.finalize_split(cfg, original, store)
+    return pending
 
 
-def run(cfg: Config, max_iterations: int, stop: runner.StopFlag) -> int:
-    runner.check_ready(cfg)
-    in_shard = scan.shard_filter(raw("WORKER_SHARD"), cfg.transcripts_dir)
-    held: set[str] = set()  # files another machine was ingesting: not again in this run
-    accept = lambda p: in_shard(p) and p not in held  # noqa: E731
-    prepare(cfg)
+def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
+    job.check_ready(cfg)
+    pending = prepare(cfg)
+    launcher = ForkLauncher(cfg) if "forkserver" in multiprocessing.get_all_start_methods() else SubprocessLauncher()
+    held: set[str] = set()  # files another worker holds: not again in this run
     tally = Tally()
     code = EXIT_OK
     api_down = 0
-    with state.transaction(cfg) as (q, _):
-        todo = len(q["pending"])
-    with progress.bar(min(todo, max_iterations or todo), "files", "files") as advance:
+    with progress.bar(min(pending, max_iterations or pending), "files", "files") as advance:
         while (max_iterations == 0 or tally.runs < max_iterations) and not stop():
-            with state.transaction(cfg) as (q, _):
-                path = file_queue.claim(q, accept=accept)
-            if path is None:
-                break
             budget = cfg.files_per_child if max_iterations == 0 else min(cfg.files_per_child,
                                                                          max_iterations - tally.runs)
-            oom_before = oom_kills() or 0
-            rc, child, done = _run_child(cfg, path, budget - 1, stop)
-            stuck = _held_by(cfg, child)
-            if budget == 1 and not done and path not in stuck:
-                done = [(rc, path)]  # a one-file child's exit code is its file's outcome
+            oom_before = procinfo.oom_kills() or 0
+            rc, pid, done = launcher.run(os.getpid(), budget, held, stop, cfg.grace_seconds)
             for file_rc, file_path in done:
-                tally.add(_outcome_name(file_rc))
+                tally.add(outcome_name(file_rc))
                 advance(1)
                 if file_rc == EXIT_BUSY:
                     held.add(file_path)
-            for held_path in stuck:
-                tally.add(_after_child(cfg, held_path, rc, stop, oom_seen=(oom_kills() or 0) > oom_before))
-                advance(1)
+            if rc != EXIT_OK:  # files it held without an outcome: it died, or stopped
+                with state.transaction(cfg, checkpoint=False) as (q, _):
+                    stuck = file_queue.held_by(q, pid)
+                for path in stuck:
+                    tally.add(_after_death(cfg, path, rc, stop, oom_seen=(procinfo.oom_kills() or 0) > oom_before))
+                    advance(1)
+            if rc == EXIT_OK and not done:
+                break  # nothing left to claim
             if rc in (EXIT_AUTH, EXIT_CONFIG):
                 code = rc
                 break
@@ -155,40 +130,129 @@ def run(cfg: Config, max_iterations: int, stop: runner.StopFlag) -> int:
                 break
     if stop():
         code = EXIT_INTERRUPTED
-    with state.transaction(cfg) as (q, _):
+    with state.transaction(cfg, checkpoint=False) as (q, _):
         counts = file_queue.counts(q)
-    done = ", ".join(f"{n} {k}" for k, n in sorted(tally.outcomes.items())) or "none"
-    print(f"worker: {tally.runs} files run ({done}); queue: pending {counts['pending']}, "
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(tally.outcomes.items())) or "none"
+    print(f"worker: {tally.runs} files run ({summary}); queue: pending {counts['pending']}, "
           f"processing {counts['processing']}, completed {counts['completed']}, failed {counts['failed']}")
     return code
 
 
-def _run_child(cfg: Config, path: str, more: int, stop: runner.StopFlag) -> tuple[int, int, list]:
-    """Run the child for path (and `more` files it claims itself); on SIGTERM forward it, and
-    kill the child after the grace period. Returns (exit status, child pid, [(code, path)] done)."""
-    cmd = [sys.executable, str(INGEST_SCRIPT), "--claimed", path] + (["--more", str(more)] if more > 0 else [])
-    child = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, text=True)
-    with state.transaction(cfg) as (q, _):
-        lease = file_queue.info(q, path).get("lease")
-        if lease is not None:
-            lease["child_pid"] = child.pid
-    done: list[tuple[int, str]] = []
-    reader = threading.Thread(target=_read_child, args=(child.stdout, done), daemon=True)
-    reader.start()
+def _after_death(cfg: Config, path: str, rc: int, stop: job.StopFlag, oom_seen: bool) -> str:
+    outcome = outcomes.after_death(cfg, path, rc, oom_seen, stopping=stop())
+    if outcome != "split":
+        return outcome
+    try:
+        return "split" if job.split_after_oom(cfg, path, f"process {outcomes.describe(rc)}") else "failed"
+    except IngestionError as e:
+        log.error("%s", e)
+        return "released"
+
+
+# ---- starting children ---------------------------------------------------------------------------
+def child_main(owner_pid: int, budget: int, held: list[str], report) -> int:
+    """What a child runs: its own session (a terminal's Ctrl-C goes to the worker, which forwards it),
+    then job.work. report(code, path) tells the worker each file's outcome."""
+    from ingestion import cli, settings
+
+    os.setsid()
+    cli.setup_logging()
+    stop = job.StopFlag().install()
+    try:
+        return job.work(settings.load(), owner_pid, budget, set(held), stop, report)
+    except IngestionError as e:
+        print(f"error: {cli.redact(str(e))}", file=sys.stderr)
+        return e.exit_code
+    except Exception:
+        log.exception("unexpected error in a worker's child (a bug; please report it with this traceback)")
+        return EXIT_BUG
+
+
+def _fork_child(owner_pid: int, budget: int, held: list[str], conn) -> None:
+    code = child_main(owner_pid, budget, held, lambda c, p: conn.send((c, p)))
+    conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _supervise(pid: int, alive, signal_child, stop: job.StopFlag, grace: float) -> None:
+    """Wait for the child; on SIGTERM forward it, and kill the child after the grace period."""
     forwarded_at = None
-    while True:
-        try:
-            rc = child.wait(timeout=0.5)
-            break
-        except subprocess.TimeoutExpired:
-            pass
+    while alive(0.2):
         if stop() and forwarded_at is None:
-            child.send_signal(signal.SIGTERM)
+            signal_child(signal.SIGTERM)
             forwarded_at = time.monotonic()
-        elif forwarded_at is not None and time.monotonic() - forwarded_at > GRACE_SECONDS:
-            child.kill()
-    reader.join(timeout=5)
-    return rc, child.pid, done
+        elif forwarded_at is not None and time.monotonic() - forwarded_at > grace:
+            signal_child(signal.SIGKILL)
+
+
+class ForkLauncher:
+    """Children forked from a fork server that preloaded the pipeline (no Chroma client, socket or
+    thread exists in the server)."""
+
+    def __init__(self, cfg: Config):
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["ingestion.preload"])
+
+    def run(self, owner_pid: int, budget: int, held: set[str], stop: job.StopFlag, grace: float):
+        reader, writer = self.ctx.Pipe(duplex=False)
+        child = self.ctx.Process(target=_fork_child, args=(owner_pid, budget, sorted(held), writer), daemon=False)
+        child.start()
+        writer.close()
+        done: list[tuple[int, str]] = []
+
+        def alive(timeout: float) -> bool:
+            while reader.poll(timeout):
+                try:
+                    done.append(reader.recv())
+                except EOFError:
+                    break
+                timeout = 0
+            return child.exitcode is None
+
+        def signal_child(sig: int) -> None:
+            try:
+                os.kill(child.pid, sig)
+            except ProcessLookupError:
+                pass
+
+        _supervise(child.pid, alive, signal_child, stop, grace)
+        child.join()
+        while reader.poll(0):
+            try:
+                done.append(reader.recv())
+            except EOFError:
+                break
+        reader.close()
+        return child.exitcode, child.pid, done
+
+
+class SubprocessLauncher:
+    """Where the platform cannot fork: each child a fresh `ingest_one_file.py` process."""
+
+    def __init__(self):
+        log.info("this platform has no fork server: each child is a new Python process (slower start)")
+
+    def run(self, owner_pid: int, budget: int, held: set[str], stop: job.StopFlag, grace: float):
+        cmd = [sys.executable, str(INGEST_SCRIPT), "--child", str(owner_pid), "--budget", str(budget),
+               "--held", json.dumps(sorted(held))]
+        child = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, text=True)
+        done: list[tuple[int, str]] = []
+        reader = threading.Thread(target=_read_child, args=(child.stdout, done), daemon=True)
+        reader.start()
+
+        def alive(timeout: float) -> bool:
+            try:
+                child.wait(timeout=timeout)
+                return False
+            except subprocess.TimeoutExpired:
+                return True
+
+        _supervise(child.pid, alive, child.send_signal, stop, grace)
+        child.wait()
+        reader.join(timeout=5)
+        return child.returncode, child.pid, done
 
 
 def _read_child(stream, done: list) -> None:
@@ -200,50 +264,3 @@ def _read_child(stream, done: list) -> None:
         else:
             sys.stdout.write(line)
             sys.stdout.flush()
-
-
-def _held_by(cfg: Config, child_pid: int) -> list[str]:
-    """Files still in processing under this worker or that child: it died without an outcome."""
-    with state.transaction(cfg) as (q, _):
-        return [p for p in q["processing"]
-                if (lease := file_queue.info(q, p).get("lease") or {}).get("child_pid") == child_pid
-                or (lease.get("pid") == os.getpid() and lease.get("host") == socket.gethostname())]
-
-
-def _outcome_name(code: int) -> str:
-    return {EXIT_OK: "completed", EXIT_FILE_FAILED: "failed", EXIT_MEMORY: "split", EXIT_BUSY: "held elsewhere",
-            EXIT_INTERRUPTED: "released", EXIT_API_DOWN: "requeued"}.get(code, f"exit {code}")
-
-
-def _after_child(cfg: Config, path: str, rc: int, stop: runner.StopFlag, oom_seen: bool) -> str:
-    """Make sure the file left processing; returns the outcome's name."""
-    with state.transaction(cfg) as (q, _):
-        where = file_queue.where(q, path)
-        if where != "processing":
-            return {"completed": "completed", "failed": "failed", "pending": "requeued",
-                    None: "split"}.get(where, where or "split")
-        if rc == -signal.SIGKILL:
-            entry = file_queue.info(q, path)
-            entry["kills"] = entry.get("kills", 0) + 1
-            if not oom_seen and entry["kills"] < 2:
-                file_queue.release(q, path)
-                log.warning("%s: its process was killed (SIGKILL); requeued (a second kill splits it)", path)
-                return "requeued"
-        elif rc in (-signal.SIGTERM, EXIT_INTERRUPTED) or stop():
-            file_queue.release(q, path)
-            return "released"
-        elif rc != EXIT_MEMORY:
-            reason = f"ingest_one_file.py exited with {_describe(rc)} without recording an outcome"
-            file_queue.fail(q, path, reason)
-            log.error("failed %s: %s", path, reason)
-            return "failed"
-    return "split" if runner.split_after_oom(cfg, path, f"process {_describe(rc)}") else "failed"
-
-
-def _describe(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"signal {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"signal {-rc}"
-    return f"exit code {rc}"

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import ROOT, SAMPLE_TRANSCRIPT, Project
-from ingestion.file_queue import pid_alive
+from ingestion.procinfo import pid_alive
 
 CORPUS = {f"day{n}/session-{n}.txt": "\n\n".join(
     f"[00:{m:02d}:00] SPEAKER{m % 3}: " + SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}-{m}")

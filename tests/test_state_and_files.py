@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from conftest import REAL, ROOT, SAMPLE_TRANSCRIPT
-from ingestion import file_queue, settings, splitter, state, statefile, textfile
+from ingestion import file_queue, settings, splitter, state, atomicfile, textfile
 from ingestion.errors import FileRejected, StateFileError
 
 
@@ -63,14 +63,14 @@ def test_damaged_queue_without_backup_is_a_clear_error(cfg):
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     path = tmp_path / "f.json"
-    statefile.write_atomic(path, '{"v": 1}')
+    atomicfile.write_atomic(path, '{"v": 1}')
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(StateFileError, match="No space left"):
-        statefile.write_atomic(path, '{"v": 2}')
+        atomicfile.write_atomic(path, '{"v": 2}')
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
 

@@ -1,0 +1,283 @@
+"""One file from claim to outcome: claim it in the queue, ingest it (pipeline), record its fate (outcomes).
+
+`check_ready` is everything that can be known before the first token is paid (key,
+tokenizer, transcripts folder, state files, store reachable and made with these
+settings); a failure there stops the run with one line and charges no file.
+`work` is what a worker's child runs: claim a file, ingest it, record it, as many
+times as it is allowed, reporting each file's exit code to the worker.
+`ingest_path` is ingest_one_file.py on its own.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from ingestion import cutting, file_queue, outcomes, paths, scan, splitter, state, textfile
+from ingestion.embeddings import Embedder
+from ingestion.errors import (EXIT_API_DOWN, EXIT_BUG, EXIT_BUSY, EXIT_FILE_FAILED, EXIT_MEMORY, EXIT_OK,
+                              ApiRejected, ApiUnavailable, ConfigError, FileRejected, HeldElsewhere, IngestionError,
+                              OutOfMemory, StateFileError)
+from ingestion.hashing import chunk_id, sha256_text, source_key
+from ingestion.pipeline import Result, ingest
+from ingestion.procinfo import peak_rss_mb, rss_mb
+from ingestion.settings import Config, api_key
+from ingestion.store import Store, check_store
+
+log = logging.getLogger("ingestion")
+LEASE_RENEW_SECONDS = 60
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; work stops at the next batch boundary."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def install(self) -> "StopFlag":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+
+def check_ready(cfg: Config, need_key: bool = True, store: str | None = "write") -> None:
+    """Fail fast, before touching the queue or paying a token, when the run cannot work."""
+    if not cfg.transcripts_dir.is_dir():
+        raise ConfigError(f"TRANSCRIPTS_DIR {cfg.transcripts_dir} is not a folder: set TRANSCRIPTS_DIR "
+                          "to the folder holding the transcripts")
+    if need_key:
+        api_key()
+    from ingestion.chunking import encoding
+    encoding()  # the tokenizer file must be there before a file is claimed
+    state.read(cfg)  # state files usable (CHECKPOINT_DIR a folder, files readable)
+    if store:
+        check_store(cfg, store)
+
+
+# ---- a worker's child ------------------------------------------------------------------
+def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFlag,
+         report: Callable[[int, str], None]) -> int:
+    """Claim and ingest up to `budget` files, FILE_CONCURRENCY at a time, in this process with one open
+    store, until the queue is empty, a problem of the run, a signal, or RSS passes CHILD_MAX_RSS_MB.
+    report(code, path) is called for each file; returns the code that ended the work (0: none)."""
+    embedder = Embedder(cfg)
+    in_shard = paths.shard_filter(cfg)
+    accept = lambda p: in_shard(p) and p not in held  # noqa: E731
+    lock = threading.Lock()
+    left = [budget]
+    ending = [EXIT_OK]
+
+    def next_file() -> str | None:
+        with lock:
+            if ending[0] != EXIT_OK or stop() or left[0] <= 0 or (left[0] < budget and
+                                                                    rss_mb() > cfg.child_max_rss_mb):
+                return None
+            left[0] -= 1
+        with state.transaction(cfg, checkpoint=False) as (q, _):
+            return file_queue.claim(q, accept=accept, owner_pid=owner_pid, child_pid=os.getpid())
+
+    def loop() -> None:
+        while (path := next_file()) is not None:
+            try:
+                code = ingest_claimed(cfg, path, store, embedder, stop)
+            except IngestionError as e:  # a problem of the run: the file was released
+                log.error("%s", e)
+                code = e.exit_code
+            report(code, path)
+            if code not in (EXIT_OK, EXIT_FILE_FAILED, EXIT_BUSY, EXIT_MEMORY, EXIT_API_DOWN, EXIT_BUG):
+                with lock:
+                    ending[0] = ending[0] or code
+            elif code in (EXIT_MEMORY, EXIT_API_DOWN):
+                with lock:  # this child's memory, or the API: let the worker decide what comes next
+                    ending[0] = ending[0] or code
+
+    with Store(cfg) as store:
+        threads = [threading.Thread(target=loop) for _ in range(max(1, min(cfg.file_concurrency, budget)))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return ending[0]
+
+
+# ---- ingest_one_file.py alone ----------------------------------------------------------------
+def ingest_path(cfg: Config, path: str | None, stop: StopFlag) -> int:
+    """Claim PATH (or the first pending file) for this process, ingest it, record its fate."""
+    check_ready(cfg)
+    embedder = Embedder(cfg)
+    scan.ensure_queue(cfg)
+    if path is not None:
+        path = paths.canonical(path, cfg.allowed_roots)
+        if not textfile.is_allowed(Path(path), cfg.allowed_roots):
+            raise ConfigError(f"{path} is outside TRANSCRIPTS_DIR ({cfg.transcripts_dir}); not ingesting it")
+    with state.transaction(cfg, checkpoint=False) as (q, c):
+        if path is not None and file_queue.where(q, path) == "processing":
+            raise HeldElsewhere(f"{path} is being processed right now (lease: {file_queue.lease(q, path)})")
+        claimed = file_queue.claim(q, path)
+    if claimed is None:
+        print("queue is empty: nothing to do")
+        return EXIT_OK
+    with Store(cfg) as store:
+        return ingest_claimed(cfg, claimed, store, embedder, stop)
+
+
+# ---- one claimed file --------------------------------------------------------------------------
+def ingest_claimed(cfg: Config, path: str, store: Store, embedder: Embedder, stop: StopFlag) -> int:
+    """Ingest a file this process claimed and record its outcome; returns its exit code.
+
+    A problem of the run (store, key, settings, state files, a signal) releases the file
+    and is raised; only a problem of the file fails it."""
+    with state.transaction(cfg, checkpoint=False) as (q, _):  # read only: nothing changes
+        original = file_queue.original_of(q, path)
+        original_sha = file_queue.details(q, original).get("sha256") if original != path else None
+    started = time.monotonic()
+    try:
+        result, file_sha = _ingest(cfg, store, embedder, path, original, original_sha, stop)
+    except (FileRejected, ApiRejected) as e:
+        outcomes.fail(cfg, path, str(e))
+        return EXIT_FILE_FAILED
+    except textfile.FileChanged:
+        return EXIT_OK if outcomes.retry(cfg, path, "the file changed while it was read") else EXIT_FILE_FAILED
+    except ApiUnavailable as e:
+        outcomes.retry(cfg, path, str(e))
+        return e.exit_code
+    except OutOfMemory as e:
+        split_after_oom(cfg, path, str(e))
+        return e.exit_code
+    except HeldElsewhere as e:
+        outcomes.defer(cfg, path)
+        log.warning("%s; left in pending", e)
+        return e.exit_code
+    except (IngestionError, KeyboardInterrupt):
+        outcomes.release(cfg, path)
+        raise
+    except Exception as e:
+        log.exception("unexpected error while ingesting %s (a bug; please report it)", path)
+        outcomes.retry(cfg, path, f"internal error: {type(e).__name__}: {e}")
+        return EXIT_BUG
+    seconds = time.monotonic() - started
+    st = os.stat(path)
+    done = {"chunks": result.chunks, "tokens": result.tokens, "embedded_tokens": result.embedded_tokens,
+            "seconds": round(seconds, 2)}
+    last_part = outcomes.complete(cfg, path, original, file_sha, st.st_size, st.st_mtime, done)
+    _log_done(path, result, seconds)
+    if last_part:
+        finalize_split(cfg, original, store)
+    return EXIT_OK
+
+
+def _ingest(cfg, store, embedder, path, original, original_sha, stop) -> tuple[Result, str]:
+    if not textfile.is_allowed(Path(path), cfg.allowed_roots):
+        raise FileRejected("outside TRANSCRIPTS_DIR and the splits folder (symlink or edited queue); not read")
+    info = textfile.inspect(Path(path))
+    file_sha = original_sha or info.sha256
+    part = "" if original == path else Path(path).stem
+    last_renew = [time.monotonic()]
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    def renew(_result: Result) -> None:
+        if time.monotonic() - last_renew[0] > LEASE_RENEW_SECONDS:
+            last_renew[0] = time.monotonic()
+            store.renew(original, owner, cfg.lease_seconds)
+            with state.transaction(cfg, checkpoint=False) as (q, _):
+                file_queue.renew(q, path)
+
+    other = store.claim(original, owner, cfg.lease_seconds)
+    if other:
+        raise HeldElsewhere(f"{original} is being ingested by {other} (shared store lease)")
+    try:
+        result = ingest(cfg, store, embedder.embed, Path(path), original, file_sha, info, part=part,
+                        should_stop=stop, after_batch=renew)
+    finally:
+        try:
+            store.unclaim(original, owner)
+        except IngestionError:
+            pass
+    if result.chunks == 0:
+        raise FileRejected("empty: no text to embed (" + ("whitespace only)" if info.size else "0 bytes)"))
+    return result, file_sha
+
+
+def _log_done(path: str, result: Result, seconds: float) -> None:
+    cleaned = ""
+    if result.cleanup.cleaned:
+        cleaned = (f", cleanup: {result.cleanup.removed_lines} layout lines and "
+                   f"{result.cleanup.index_dropped_chars} characters of word index dropped")
+    log.info("completed %s: %d chunks, %d tokens, %d embedded (%d requests, %d reused, %d stale removed)%s, "
+             "%.1fs, peak RSS %.0f MB", path, result.chunks, result.tokens, result.embedded_tokens,
+             result.requests, result.reused, result.removed, cleaned, seconds, peak_rss_mb(),
+             extra={"fields": {"event": "file_done", "file": path, "chunks": result.chunks,
+                               "tokens": result.tokens, "embedded_tokens": result.embedded_tokens,
+                               "seconds": round(seconds, 2), "peak_rss_mb": round(peak_rss_mb()),
+                               "index_dropped_chars": result.cleanup.index_dropped_chars}})
+
+
+def finalize_split(cfg: Config, original: str, store: Store) -> None:
+    """All parts of a split file are stored: drop the original's stale chunks, mark it done."""
+    with state.transaction(cfg, checkpoint=False) as (q, _):
+        if not file_queue.parts_done(q, original):
+            return
+        parts = file_queue.parts_of(q, original)
+        file_sha = file_queue.details(q, original).get("sha256")
+    keep: set[str] = set()
+    chunks = tokens = 0
+    for p in parts:  # the ids the parts produced: cut them again (no API call)
+        for cut in cutting.file_chunks(cfg, Path(p), textfile.inspect(Path(p))):
+            keep.add(chunk_id(original, sha256_text(cut.chunk.text)))
+            chunks += 1
+            tokens += cut.chunk.token_count
+    removed = store.remove_stale(original, keep)
+    store.mark_done(original, file_sha, chunks, tokens)
+    outcomes.finish_split(cfg, original, parts, file_sha, chunks, tokens)
+    for p in parts:
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+    log.info("completed %s from %d parts: %d chunks, %d stale removed", original, len(parts), chunks, removed)
+
+
+def split_after_oom(cfg: Config, path: str, reason: str) -> bool:
+    """Split a file that ran out of memory and queue its parts; fail it at the floor.
+
+    Returns True when parts were queued."""
+    with state.transaction(cfg, checkpoint=False) as (q, _):
+        original = file_queue.original_of(q, path)
+        original_sha = file_queue.details(q, original).get("sha256")
+    try:
+        size = os.path.getsize(path)
+        if size <= cfg.split_min_bytes:
+            raise FileRejected(f"out of memory ({reason}) even as a part of {size} bytes "
+                               f"(SPLIT_MIN_BYTES={cfg.split_min_bytes}); raise MEMORY_LIMIT_MB or use "
+                               "a bigger machine")
+        if original == path:
+            original_sha = textfile.inspect(Path(path)).sha256
+        parts = splitter.split_file(Path(path), cfg.splits_dir / source_key(original), parts=cfg.split_parts)
+    except (FileRejected, OSError) as e:
+        outcomes.fail(cfg, path, str(e) if isinstance(e, FileRejected) else f"cannot split: {e}")
+        return False
+    except StateFileError as e:  # disk full while writing parts: a problem of the run
+        outcomes.release(cfg, path)
+        raise e
+    if len(parts) < 2:
+        outcomes.fail(cfg, path, f"out of memory ({reason}) and it cannot be split further")
+        return False
+    outcomes.split(cfg, path, [str(p) for p in parts], original, original_sha)
+    if path != original and path.startswith(str(cfg.splits_dir)):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    log.warning("out of memory on %s (%s): split into %d parts, queued first", path, reason, len(parts))
+    return True

@@ -1,0 +1,239 @@
+"""One file's chunks into the store: cut, skip what is stored, embed the rest, write.
+
+Order of work, so that nothing is lost and nothing is paid twice:
+1. what the store holds of this source is looked up once;
+2. chunks are cut (cutting.file_chunks) and taken a group at a time (GROUP_CHUNKS);
+   stored ones are skipped (or their position updated when an edit moved them), and
+   a text already embedded for another source reuses that vector (one lookup a group);
+3. only the rest is sent to the API, EMBED_BATCH_SIZE chunks a request,
+   EMBED_CONCURRENCY requests in flight;
+4. vectors are written as they arrive, coalesced into writes of up to WRITE_VECTORS
+   or FLUSH_SECONDS of work, and always before the next group is embedded;
+5. on any error, vectors already paid for are still written before it is raised;
+6. only when the whole file is stored are its chunks that are no longer part of it
+   deleted (never delete first), and the file recorded as done in the store.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ingestion import cutting, schema, textfile
+from ingestion.errors import Interrupted, OutOfMemory
+from ingestion.hashing import chunk_id, sha256_text
+from ingestion.procinfo import rss_mb
+from ingestion.settings import Config
+from ingestion.store import Store
+
+MAX_REQUEST_TOKENS = 250_000  # the API allows 300,000 per request; keep a margin
+GROUP_CHUNKS = 256            # chunks planned together (one content lookup)
+WRITE_VECTORS = 256           # vectors per store write at most ...
+FLUSH_SECONDS = 1.0           # ... or this much work, whichever comes first
+
+
+@dataclass
+class Result:
+    chunks: int = 0
+    tokens: int = 0            # tokens in this file's chunks
+    embedded_tokens: int = 0   # tokens sent to the API for it
+    requests: int = 0
+    reused: int = 0            # chunks already stored, or copied from another source
+    removed: int = 0           # stale chunks deleted
+    ids: set[str] = field(default_factory=set)
+    cleanup: cutting.CleanupReport = field(default_factory=cutting.CleanupReport)
+
+
+@dataclass
+class _Record:
+    id: str
+    text: str
+    meta: dict
+    vector: list[float] | None = None
+
+
+# Texts being embedded right now in this process (content hash -> (request, position)):
+# files ingested side by side (FILE_CONCURRENCY) that share a text pay for it once.
+_EMBEDDING: dict[str, tuple[Future, int]] = {}
+_EMBEDDING_LOCK = threading.Lock()
+
+
+def _groups(cuts: Iterable[cutting.Cut], size: int) -> Iterator[list[cutting.Cut]]:
+    group: list[cutting.Cut] = []
+    for cut in cuts:
+        group.append(cut)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def _requests(records: list[_Record], size: int) -> Iterator[list[_Record]]:
+    """Groups of at most size records and MAX_REQUEST_TOKENS tokens."""
+    batch: list[_Record] = []
+    tokens = 0
+    for r in records:
+        n = r.meta["token_count"]
+        if batch and (len(batch) == size or tokens + n > MAX_REQUEST_TOKENS):
+            yield batch
+            batch, tokens = [], 0
+        batch.append(r)
+        tokens += n
+    if batch:
+        yield batch
+
+
+class _Writer:
+    """Vectors waiting to be written: flushed at WRITE_VECTORS or FLUSH_SECONDS."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.waiting: list[_Record] = []
+        self.since = time.monotonic()
+
+    def add(self, records: list[_Record]) -> None:
+        self.waiting.extend(records)
+        if len(self.waiting) >= WRITE_VECTORS or time.monotonic() - self.since >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.waiting:
+            w = self.waiting
+            self.store.add([r.id for r in w], [r.vector for r in w], [r.text for r in w], [r.meta for r in w])
+            self.waiting = []
+        self.since = time.monotonic()
+
+
+def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[list[float]]],
+           path: Path, source: str, file_sha256: str, info: textfile.FileInfo, part: str = "",
+           should_stop: Callable[[], bool] = lambda: False,
+           after_batch: Callable[[Result], None] = lambda r: None) -> Result:
+    """Store every chunk of path under source; returns what it did.
+
+    part: "" for a whole file; a split part's label otherwise (then stale chunks are
+    not removed here: that waits until every part is stored).
+    """
+    result = Result()
+    stored = store.metadata_of_source(source)
+    writer = _Writer(store)
+    now = int(time.time())
+    cuts = cutting.file_chunks(cfg, path, info, result.cleanup)
+    with ThreadPoolExecutor(max_workers=cfg.embed_concurrency) as pool:
+        try:
+            for group in _groups(cuts, GROUP_CHUNKS):
+                todo = _plan(store, stored, group, source, file_sha256, part, info.encoding, now, result)
+                _embed_group(pool, embed, todo, writer, result, cfg, should_stop, after_batch)
+                writer.flush()
+        except MemoryError:
+            _keep_paid(writer)
+            raise OutOfMemory("MemoryError while ingesting") from None
+        except BaseException:
+            _keep_paid(writer)
+            raise
+    if not part:
+        result.removed = store.remove_stale(source, result.ids, stored)
+        store.mark_done(source, file_sha256, result.chunks, result.tokens)
+    return result
+
+
+def _keep_paid(writer: _Writer) -> None:
+    """An error: still write the vectors already paid for (the error itself is raised by the caller)."""
+    try:
+        writer.waiting = [r for r in writer.waiting if r.vector is not None]
+        writer.flush()
+    except Exception:
+        pass
+
+
+def _plan(store: Store, stored: dict[str, dict], group: list[cutting.Cut], source: str, file_sha256: str,
+          part: str, encoding: str, now: int, result: Result) -> list[_Record]:
+    """What a group needs: skip stored chunks (fixing moved ones), reuse known vectors; the rest to embed."""
+    todo: list[_Record] = []
+    moved_ids, moved_meta = [], []
+    for cut in group:
+        c = cut.chunk
+        content = sha256_text(c.text)
+        cid = chunk_id(source, content)
+        result.chunks += 1
+        result.tokens += c.token_count
+        if cid in result.ids:  # the same text twice in one file is stored once
+            continue
+        result.ids.add(cid)
+        meta = schema.chunk_metadata(source, c.index, c.token_count, content, file_sha256, part, c.start_time,
+                                     c.speakers, encoding, now, cut.citation)
+        if cid in stored:
+            result.reused += 1
+            if schema.position(stored[cid]) != schema.position(meta):
+                moved_ids.append(cid)  # same text, new place in an edited file: no embedding
+                moved_meta.append({k: meta.get(k) for k in schema.POSITION})
+            continue
+        todo.append(_Record(cid, c.text, meta))
+    if moved_ids:
+        store.update_metadata(moved_ids, moved_meta)
+    known = store.embeddings_by_content([r.meta["content_sha256"] for r in todo]) if todo else {}
+    for r in todo:
+        r.vector = known.get(r.meta["content_sha256"])
+    result.reused += sum(1 for r in todo if r.vector is not None)
+    return todo
+
+
+def _embed_group(pool, embed, todo: list[_Record], writer: _Writer, result: Result, cfg: Config,
+                 should_stop, after_batch) -> None:
+    """Embed what a group lacks, writing vectors as they arrive (known ones first)."""
+    ready = [r for r in todo if r.vector is not None]
+    if ready:
+        writer.add(ready)
+    missing = [r for r in todo if r.vector is None]
+    sent: list[tuple[list[_Record], Future | None, list[tuple[_Record, Future, int]], int]] = []
+    with _EMBEDDING_LOCK:
+        for batch in _requests(missing, cfg.embed_batch_size):
+            mine, borrowed = [], []
+            for r in batch:
+                shared = _EMBEDDING.get(r.meta["content_sha256"])
+                if shared:
+                    borrowed.append((r, *shared))
+                else:
+                    mine.append(r)
+            tokens = sum(r.meta["token_count"] for r in mine)
+            future = pool.submit(embed, [r.text for r in mine], tokens) if mine else None
+            for k, r in enumerate(mine):
+                _EMBEDDING[r.meta["content_sha256"]] = (future, k)
+            sent.append((mine, future, borrowed, tokens))
+    try:
+        for mine, future, borrowed, tokens in sent:
+            if future is not None:
+                for r, vector in zip(mine, future.result()):
+                    r.vector = vector
+                result.embedded_tokens += tokens
+                result.requests += 1
+            for r, other, k in borrowed:
+                r.vector = other.result()[k]
+            writer.add(mine + [r for r, _, _ in borrowed])
+            if cfg.memory_limit_mb and rss_mb() > cfg.memory_limit_mb:
+                raise OutOfMemory(f"RSS {rss_mb():.0f} MB is over MEMORY_LIMIT_MB={cfg.memory_limit_mb}")
+            if should_stop():
+                raise Interrupted("stopped by a signal")
+            after_batch(result)
+    except BaseException:
+        for _, future, _, _ in sent:
+            if future is not None:
+                future.cancel()
+        for mine, future, borrowed, tokens in sent:  # keep whatever else was paid for
+            if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+                if mine[0].vector is None:
+                    for r, vector in zip(mine, future.result()):
+                        r.vector = vector
+                    result.embedded_tokens += tokens
+                    result.requests += 1
+                    writer.waiting.extend(mine)
+        raise
+    finally:
+        with _EMBEDDING_LOCK:
+            for mine, future, _, _ in sent:
+                for r in mine:
+                    if _EMBEDDING.get(r.meta["content_sha256"], (None,))[0] is future:
+                        del _EMBEDDING[r.meta["content_sha256"]]

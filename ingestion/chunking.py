@@ -12,7 +12,7 @@ end), each ranked by the boundary in front of it:
 
 Pieces are packed into a chunk until the next one would not fit; the chunk is then
 cut at the strongest boundary (lowest rank) in its second half, the latest of
-equals. In PDF-extracted transcripts every line is its own piece, which is
+equals. In PDF-extracted transcripts every line is its own paragraph, which is
 why a speaker turn after a blank line outranks a plain paragraph.
 
 Overlap: the next chunk starts with the last whole pieces of the previous one, up
@@ -34,11 +34,14 @@ text[a:P1], then the section's own tokens from P1 to P2, then those of text[P2:b
 P1 and P2 being the first and last sync points inside; the two short ends (usually
 a word and some punctuation) are encoded alone and cached. Where no sync point is
 known (one huge word) a count falls back to encoding the text itself, in windows
-of a few thousand characters as before. CHUNKER_VERSION names the cutting rules;
+of a few thousand characters as before. This relies on cl100k_base's pre-tokenizer
+pattern (tiktoken is pinned); the golden-output tests and a test comparing counts of
+random spans with tiktoken's own check it. CHUNKER_VERSION names the cutting rules;
 the counting method is not part of them.
 
 Memory: the text arrives in blocks and is handled a section at a time; the chunk
-in progress (and the section being cut) is the only text held across sections.
+in progress (and at most _CARRY_CHARS after the last sync point) is the only text
+held across sections.
 Chunk.start and Chunk.end are character offsets in the whole text fed (all blocks
 concatenated): text[c.start:c.end] == c.text.
 """
@@ -67,6 +70,8 @@ TURN_START = re.compile(rf"[ \t]*(?:\d{{1,3}}[ \t]+)?(?:{_TIME}|({_NAME}):(?=[ \
 SPEAKER_LINE = re.compile(rf"^[ \t]*(?:\d{{1,3}}[ \t]+)?(?:{_TIME}[ \t]*)?({_NAME}):(?=[ \t]|$)", re.M)
 TIMESTAMP = re.compile(_TIME)
 SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*[ \t]+(?=\S)")
+# The same cuts (match ends), found faster: the punctuation is matched instead of looked behind.
+_SENTENCE_CUT = re.compile(r"[.!?][\"')\]]*[ \t]+(?=\S)")
 WORD = re.compile(r"\S+\s*|\s+")
 
 # Sync points (see the module docstring). Python's \S (not str.isspace) is narrower
@@ -78,7 +83,7 @@ _FIRST_SYNC = re.compile(_SYNC)
 _SYNC_CHAR = re.compile(r"[\x00-/:-@\[-`{-\x7f]")  # every sync point has one at P or P-1
 _LAST_SYNC = re.compile(rf"(?s:.*)(?:{_SYNC})")
 _SYNC_SPAN = re.compile(rf"(?:{_SYNC})(?s:.*)(?:{_SYNC})")
-_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+_BLOCK_BITS = 8        # non-ASCII text: character to byte offsets kept per 256-character block
 # A sync point further back than this stops being carried: the text after it is then
 # counted directly when needed (a huge word), so memory stays bounded.
 _CARRY_CHARS = SECTION_CHARS
@@ -111,13 +116,15 @@ def encoding() -> tiktoken.Encoding:
     global _encoding
     if _encoding is None:
         try:
-            _encoding = tiktoken.get_encoding("cl100k_base")
+            enc = tiktoken.get_encoding("cl100k_base")
         except Exception as e:  # tiktoken downloads its file on first use; offline that fails
             from ingestion.errors import ConfigError
 
             raise ConfigError("cannot load tiktoken's cl100k_base file (no network and no cached copy: "
                               f"{type(e).__name__}); set TIKTOKEN_CACHE_DIR to a folder holding it, "
                               "see README (tools/seed_tiktoken_cache.py)") from None
+        _lengths(enc)  # the chunker's table, built with the tokenizer (so once in a fork server)
+        _encoding = enc
     return _encoding
 
 
@@ -126,7 +133,10 @@ def count_tokens(text: str) -> int:
 
 
 def _lengths(enc: tiktoken.Encoding):
-    """Byte length of every ordinary token, indexed by token id (built once)."""
+    """Byte length of every ordinary token, indexed by token id.
+
+    Built once per process (a few milliseconds), by encoding().
+    """
     global _token_lengths
     if _token_lengths is None:
         ranks = getattr(enc, "_mergeable_ranks", None)
@@ -139,7 +149,7 @@ def _lengths(enc: tiktoken.Encoding):
                     lengths.append(len(enc.decode_single_token_bytes(token)))
                 except Exception:  # a gap or a special token: never in encode_ordinary's output
                     lengths.append(0)
-        _token_lengths = bytes(lengths) if max(lengths) < 256 else lengths
+        _token_lengths = lengths
     return _token_lengths
 
 
@@ -156,13 +166,29 @@ def _cached_count(enc: tiktoken.Encoding, text: str) -> int:
 
 class _Region:
     """The tokens of text[start:stop] (start and stop sync points), as cumulative byte ends."""
-    __slots__ = ("start", "stop", "seg", "base", "ends", "runs", "extra")
+    __slots__ = ("start", "stop", "seg", "base", "ends", "extra")
 
-    def __init__(self, start, stop, seg, base, ends, runs, extra):
+    def __init__(self, start, stop, seg, base, ends, extra):
         self.start, self.stop, self.seg, self.base = start, stop, seg, base
         self.ends = ends    # ends[i]: bytes from start to the end of token i
-        self.runs = runs    # ends (chars from start) of non-ASCII runs, or None when all ASCII
-        self.extra = extra  # extra[i]: UTF-8 bytes beyond one per char up to runs[i]
+        # None when the text is ASCII, else per block of 2**_BLOCK_BITS characters the UTF-8
+        # bytes beyond one per character before it, negative (-1 - that) when the block is
+        # not ASCII, and last the same for the whole text
+        self.extra = extra
+
+
+def _extra_bytes(text: str) -> list[int]:
+    """_Region.extra of a non-ASCII text (raises UnicodeEncodeError on lone surrogates)."""
+    extra, more, size = [], 0, 1 << _BLOCK_BITS
+    for i in range(0, len(text), size):
+        block = text[i:i + size]
+        if block.isascii():
+            extra.append(more)
+        else:
+            extra.append(-1 - more)
+            more += len(block.encode("utf-8")) - len(block)
+    extra.append(more)
+    return extra
 
 
 class Chunker:
@@ -189,6 +215,7 @@ class Chunker:
         self._seg = 0
         self._cum = 0
         self._memo = (-1, -1, 0)
+        self._strip_memo = (-1, -1, (0, 0))
         self._out: list[Chunk] = []
 
     # ---- counting ----------------------------------------------------------------
@@ -230,20 +257,16 @@ class Chunker:
                 self._chain = start
             return
         text = buf[start - bs:stop - bs]
-        runs = extra = None
+        extra = None
         if not text.isascii():
-            runs, extra, more = [], [], 0
             try:
-                for r in _NON_ASCII.finditer(text):
-                    more += len(r.group().encode("utf-8")) - (r.end() - r.start())
-                    runs.append(r.end())
-                    extra.append(more)
+                extra = _extra_bytes(text)
             except UnicodeEncodeError:  # lone surrogates: tiktoken sees other text; count directly
                 self._chain = None
                 return
         tokens = self.enc.encode_ordinary(text)
         ends = list(accumulate(map(self._tl.__getitem__, tokens)))
-        self._regions.append(_Region(start, stop, self._seg, self._cum, ends, runs, extra))
+        self._regions.append(_Region(start, stop, self._seg, self._cum, ends, extra))
         self._cum += len(tokens)
         self._chain = stop
 
@@ -253,11 +276,7 @@ class Chunker:
             if r.start <= p:
                 if p > r.stop:
                     return None
-                rel = p - r.start
-                if r.runs:
-                    i = bisect_right(r.runs, rel)
-                    if i:
-                        rel += r.extra[i - 1]
+                rel = self._bytes(r, p)
                 if rel == 0:
                     return r.seg, r.base
                 i = bisect_right(r.ends, rel)
@@ -266,46 +285,108 @@ class Chunker:
                 return None
         return None
 
+    def _bytes(self, r: _Region, p: int) -> int:
+        """UTF-8 bytes of whole_text[r.start:p] (p a sync point, so not inside a character)."""
+        rel = p - r.start
+        extra = r.extra
+        if extra is None:
+            return rel
+        k = rel >> _BLOCK_BITS
+        more = extra[k]
+        if more >= 0:
+            return rel + more
+        # a block with non-ASCII text: encode from its start to p, or from p to its end
+        # when its start is no longer held
+        buf, bs = self._buf, self._buf_start
+        lo = r.start + (k << _BLOCK_BITS)
+        if lo >= bs:
+            return rel - 1 - more + len(buf[lo - bs:p - bs].encode("utf-8")) - (p - lo)
+        hi = min(lo + (1 << _BLOCK_BITS), r.stop)
+        after = extra[k + 1]
+        if after < 0:
+            after = -1 - after
+        return rel + after - (len(buf[p - bs:hi - bs].encode("utf-8")) - (hi - p))
+
     def _count(self, a: int, b: int) -> int:
         """len(encode_ordinary(whole_text[a:b])), reading the tokens already computed."""
+        bs = self._buf_start
         if b - a <= _SMALL:
-            bs = self._buf_start
-            return _cached_count(self.enc, self._buf[a - bs:b - bs])
+            text = self._buf[a - bs:b - bs]
+            n = _count_cache.get(text)
+            return n if n is not None else _cached_count(self.enc, text)
         memo = self._memo
         if memo[0] == a and memo[1] == b:
             return memo[2]
-        buf, bs = self._buf, self._buf_start
-        n = -1
-        regions = self._regions
-        m = _SYNC_SPAN.search(buf, a - bs, b - bs) if regions and regions[-1].stop > a else None
-        if m is not None:
-            p1, p2 = m.start() + bs, m.end() + bs
-            c1 = self._at(p1)
-            c2 = self._at(p2) if p2 != p1 else c1
-            if c1 is not None and c2 is not None and c1[0] == c2[0]:
-                enc = self.enc
-                n = c2[1] - c1[1]
-                if p1 > a:
-                    n += _cached_count(enc, buf[a - bs:p1 - bs])
-                if p2 < b:
-                    n += _cached_count(enc, buf[p2 - bs:b - bs])
-        if n < 0:
-            n = len(self.enc.encode_ordinary(buf[a - bs:b - bs]))
+        n = self._span(a, b)
         self._memo = (a, b, n)
         return n
+
+    def _span(self, a: int, b: int) -> int:
+        buf, bs = self._buf, self._buf_start
+        regions = self._regions
+        if regions and regions[-1].stop > a:
+            m = _SYNC_SPAN.search(buf, a - bs, b - bs)
+            if m is not None:
+                p1, p2 = m.start() + bs, m.end() + bs
+                r = regions[-1]
+                if r.start <= p1 and p2 <= r.stop:  # the common case, inline: both in the last region
+                    rel1, rel2 = p1 - r.start, p2 - r.start
+                    if r.extra is not None:  # non-ASCII text: characters to bytes
+                        extra = r.extra
+                        more = extra[rel1 >> _BLOCK_BITS]
+                        rel1 = rel1 + more if more >= 0 else self._bytes(r, p1)
+                        more = extra[rel2 >> _BLOCK_BITS]
+                        rel2 = rel2 + more if more >= 0 else self._bytes(r, p2)
+                    ends = r.ends
+                    i1 = bisect_right(ends, rel1)
+                    i2 = bisect_right(ends, rel2)
+                    ok = ((rel1 == 0 or (i1 and ends[i1 - 1] == rel1))
+                          and (rel2 == 0 or (i2 and ends[i2 - 1] == rel2)))
+                    mid = i2 - i1 if ok else -1
+                else:
+                    c1 = self._at(p1)
+                    c2 = self._at(p2) if p2 != p1 else c1
+                    mid = c2[1] - c1[1] if c1 is not None and c2 is not None and c1[0] == c2[0] else -1
+                if mid >= 0:
+                    cache = _count_cache
+                    if p1 > a:
+                        text = buf[a - bs:p1 - bs]
+                        n = cache.get(text)
+                        mid += n if n is not None else _cached_count(self.enc, text)
+                    if p2 < b:
+                        text = buf[p2 - bs:b - bs]
+                        n = cache.get(text)
+                        mid += n if n is not None else _cached_count(self.enc, text)
+                    return mid
+        return len(self.enc.encode_ordinary(buf[a - bs:b - bs]))
 
     # ---- text to pieces --------------------------------------------------------
     def _pieces_of(self, text: str) -> None:
         """Cut one section into ranked pieces (a line at a time) and pack them."""
-        base = self._end - len(text)
-        cuts = [m.end() for m in SENTENCE_END.finditer(text)]
-        cut_i, n_cuts = 0, len(cuts)
-        limit = MAX_TOKEN_CHARS * self.max
-        rel = 0
+        pos = self._end - len(text)  # global offset of the current line
+        cuts = [m.end() + pos for m in _SENTENCE_CUT.finditer(text)]
+        cuts.append(1 << 62)
+        cut_i = 0
+        next_cut = cuts[0]
+        mx = self.max
+        limit = MAX_TOKEN_CHARS * mx
+        cache = _count_cache
+        enc = self.enc
         for line in text.splitlines(keepends=True):
-            line_end = rel + len(line)
-            blank = line.isspace()
-            turn = TURN_START.match(line)
+            a = pos
+            pos += len(line)
+            if line.isspace():  # no turn, no sentence, no timestamp: one piece of rank 2
+                self.prev_blank = True
+                n = cache.get(line)
+                if n is None and pos - a <= _SMALL:
+                    n = _cached_count(enc, line)
+                if n is not None and self.total + n <= mx:
+                    self.pieces.append((a, pos, n, 2, self.speaker, self.time))
+                    self.total += n
+                else:
+                    self._fit(a, pos, 2, limit, -1 if n is None else n)
+                continue
+            turn = TURN_START.match(line) if ":" in line or "[" in line else None
             if turn:
                 if turn.group(1):
                     self.time = turn.group(1)
@@ -314,24 +395,40 @@ class Chunker:
                     self.speaker = name.group(2)
                 rank = 0 if self.prev_blank else 1
             else:
-                rank = 1 if self.prev_blank and not blank else 2
-            self.prev_blank = blank
-            start = rel
-            while cut_i < n_cuts and cuts[cut_i] < line_end:
-                cut = cuts[cut_i]
+                rank = 1 if self.prev_blank else 2
+            self.prev_blank = False
+            start = a
+            while next_cut < pos:
+                self._fit(start, next_cut, rank, limit)
+                start, rank = next_cut, 3
                 cut_i += 1
-                self._fit(base + start, base + cut, rank, limit)
-                start, rank = cut, 3
-            self._fit(base + start, base + line_end, rank, limit)
+                next_cut = cuts[cut_i]
+            if pos - start <= limit:
+                if start == a and pos - a <= _SMALL:
+                    n = cache.get(line)
+                    if n is None:
+                        n = _cached_count(enc, line)
+                else:
+                    n = self._count(start, pos) if pos - start <= _SMALL else self._span(start, pos)
+                if self.total + n <= mx:
+                    self.pieces.append((start, pos, n, rank, self.speaker, self.time))
+                    self.total += n
+                else:
+                    self._fit(start, pos, rank, limit, n)
+            else:
+                self._fit(start, pos, rank, limit)
             if "[" in line:
                 for m in TIMESTAMP.finditer(line, turn.end() if turn else 0):
                     self.time = m.group(1)
-            rel = line_end
 
-    def _fit(self, a: int, b: int, rank: int, limit: int, by_words: bool = True) -> None:
-        """[a, b) as one piece, or, when over the limit, as word pieces, then token pieces."""
+    def _fit(self, a: int, b: int, rank: int, limit: int, n: int = -1, by_words: bool = True) -> None:
+        """[a, b) as one piece, or, when over the limit, as word pieces, then token pieces.
+
+        n: its token count when already known.
+        """
         if b - a <= limit:  # longer is surely over: skip counting
-            n = self._count(a, b)
+            if n < 0:
+                n = self._count(a, b) if b - a <= _SMALL else self._span(a, b)
             if n <= self.max:
                 if self.total + n > self.max:
                     self._add((a, b, n, rank, self.speaker, self.time))
@@ -404,13 +501,15 @@ class Chunker:
 
     def _stripped(self, a: int, b: int) -> tuple[int, int]:
         """The offsets of whole_text[a:b].strip()."""
+        memo = self._strip_memo
+        if memo[0] == a and memo[1] == b:
+            return memo[2]
         bs = self._buf_start
-        text = self._buf[a - bs:b - bs]
-        left = text.lstrip()
-        if not left:
-            return b, b
+        left = self._buf[a - bs:b - bs].lstrip()
         start = b - len(left)
-        return start, start + len(left.rstrip())
+        span = (start, start + len(left.rstrip())) if left else (b, b)
+        self._strip_memo = (a, b, span)
+        return span
 
     def _fit_chunk(self, done: list[tuple], fresh_from: int) -> tuple[list[tuple], list[tuple]]:
         """Joining pieces can merge tokens differently: shed overlap, then trailing pieces, until it fits.
@@ -443,9 +542,9 @@ class Chunker:
         text = self._buf[start - bs:end - bs]
         stamp = TIMESTAMP.search(text)
         speakers = [] if SPEAKER_LINE.match(text) or not first[_SPEAKER] else [first[_SPEAKER]]
-        for m in SPEAKER_LINE.finditer(text):
-            if m.group(2) not in speakers:
-                speakers.append(m.group(2))
+        for name in _speaker_lines(text):
+            if name not in speakers:
+                speakers.append(name)
         self._out.append(Chunk(self.index, text, n, stamp.group(1) if stamp else first[_TIMEF], speakers,
                                start, end))
         self.index += 1
@@ -470,6 +569,23 @@ class Chunker:
             for p in spill:
                 self._add(p)
         yield from self._flush()
+
+
+def _speaker_lines(text: str) -> Iterator[str]:
+    """The names of SPEAKER_LINE.finditer(text), trying only the lines that hold a colon.
+
+    A match lies within one line ("^" is a line start in re.M, the pattern has no line
+    feed), needs a colon, and there is at most one per line, so these are the same.
+    """
+    colon = text.find(":")
+    while colon >= 0:
+        m = SPEAKER_LINE.match(text, text.rfind("\n", 0, colon) + 1)
+        if m:
+            yield m.group(2)
+        line_end = text.find("\n", colon)
+        if line_end < 0:
+            return
+        colon = text.find(":", line_end)
 
 
 def sections(blocks: Iterable[str]) -> Iterator[str]:

@@ -1,12 +1,13 @@
 """Unit tests for the chunker: the hard bound, natural boundaries, overlap, metadata, odd text."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 
-from conftest import REAL, SAMPLE_TRANSCRIPT
-from ingestion import chunking
+from conftest import FIXTURES, REAL, SAMPLE_TRANSCRIPT
+from ingestion import chunking, textfile
 from ingestion.chunking import count_tokens, iter_chunks
 
 
@@ -112,3 +113,135 @@ def test_sections_cut_huge_lines():
     parts = list(chunking.sections(["a" * (chunking.SECTION_CHARS * 2 + 5)]))
     assert "".join(parts) == "a" * (chunking.SECTION_CHARS * 2 + 5)
     assert max(map(len, parts)) <= chunking.SECTION_CHARS
+
+
+# ---- golden outputs: the chunks of the chunker before its token-offset rewrite ----------
+GOLDEN = sorted((FIXTURES / "chunks_golden").glob("*.json"))
+
+
+def golden_input(source: dict) -> tuple[str, list[str] | None]:
+    """(whole text, blocks to feed, or None for a file read through textfile)."""
+    if "file" in source:
+        path = FIXTURES / source["file"]
+        return "".join(textfile.iter_text(path, textfile.inspect(path))), None
+    text, block = source["text"], source["block"]
+    return text, [text[i:i + block] for i in range(0, len(text), block)]
+
+
+def golden_chunks(source: dict, max_tokens: int, overlap: int) -> list:
+    if "file" in source:
+        path = FIXTURES / source["file"]
+        return list(iter_chunks(textfile.iter_text(path, textfile.inspect(path)), max_tokens, overlap))
+    _, blocks = golden_input(source)
+    return list(iter_chunks(blocks, max_tokens, overlap))
+
+
+def test_golden_files_cover_the_real_transcripts_and_the_synthetic_inputs():
+    names = {p.stem for p in GOLDEN}
+    assert len([n for n in names if n.startswith("real_")]) == len(REAL) == 2
+    assert {"sample_transcript", "huge_line", "long_sentences", "crlf_normalised", "timestamps"} <= names
+    sample = json.loads((FIXTURES / "chunks_golden" / "sample_transcript.json").read_text(encoding="utf-8"))
+    assert sample["source"]["text"] == SAMPLE_TRANSCRIPT
+    crlf = json.loads((FIXTURES / "chunks_golden" / "crlf_normalised.json").read_text(encoding="utf-8"))
+    assert "\r" not in crlf["source"]["text"] and crlf["source"]["text"].count("\n") > 400
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
+def test_chunks_match_the_golden_outputs_exactly(path):
+    golden = json.loads(path.read_text(encoding="utf-8"))
+    assert {(r["max_tokens"], r["overlap_tokens"]) for r in golden["runs"]} == {(500, 50), (200, 20), (64, 0)}
+    for run in golden["runs"]:
+        got = [{"index": c.index, "text": c.text, "token_count": c.token_count, "start_time": c.start_time,
+                "speakers": c.speakers}
+               for c in golden_chunks(golden["source"], run["max_tokens"], run["overlap_tokens"])]
+        want = run["chunks"]
+        first_diff = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
+        assert got == want, (f"{path.stem} {run['max_tokens']}/{run['overlap_tokens']}: first difference at "
+                             f"chunk {first_diff} of {len(want)} (got {len(got)})")
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
+def test_chunk_offsets_point_at_the_chunk_text(path):
+    golden = json.loads(path.read_text(encoding="utf-8"))
+    whole, _ = golden_input(golden["source"])
+    for max_tokens, overlap in [(500, 50), (64, 0)]:
+        chunks = golden_chunks(golden["source"], max_tokens, overlap)
+        assert chunks
+        for c in chunks:
+            assert 0 <= c.start < c.end <= len(whole)
+            assert whole[c.start:c.end] == c.text
+        assert [c.start for c in chunks] == sorted(c.start for c in chunks)
+
+
+def test_chunk_offsets_with_odd_blocks_and_line_ends():
+    rnd = random.Random(3)
+    words = ["alpha", "beta.", "GAMMA:", "\n", "\n\n", "[00:01:02]", "日本", "😀", "z" * 300, "  ", "\r\n",
+             "\x0c", "\u2028", "\xa0", "x" * 3000, "it's", "42."]
+    text = "  \n" + " ".join(rnd.choice(words) for _ in range(4000)) + "\n\n  "
+    for block in (1, 777, 1 << 20):
+        chunks = chunks_of(text, 50, 10, block=block)
+        for c in chunks:
+            assert text[c.start:c.end] == c.text and c.token_count == count_tokens(c.text) <= 50
+
+
+def test_counts_read_off_token_offsets_are_exact():
+    """The chunker's counts of any span equal tiktoken's count of that span encoded alone."""
+    rnd = random.Random(5)
+    odd = json.loads((FIXTURES / "chunks_golden" / "odd_whitespace.json").read_text(encoding="utf-8"))
+    texts = [REAL[0].read_text()[:40_000], odd["source"]["text"][:40_000]]
+    for text in texts:
+        chunker = chunking.Chunker(500, 50)
+        list(chunker.feed(text))
+        for _ in range(3000):
+            a = rnd.randrange(len(text))
+            b = min(len(text), a + rnd.choice([1, 5, 30, 200, 2000]))
+            assert chunker._count(a, b) == count_tokens(text[a:b]), (a, b, text[a:b])
+
+
+def test_chunker_version_is_recorded():
+    assert chunking.CHUNKER_VERSION == 1
+
+
+@pytest.mark.parametrize("pattern", ["ab1", "ab,"])  # no sync point at all / one every 3 characters
+def test_a_huge_line_is_chunked_in_bounded_memory(pattern):
+    """Megabytes on one line without a space: chunks keep coming, the text is never held whole.
+
+    (20 MB take about as long per MB as this, checked by hand: too slow for the suite.)
+    """
+    block = pattern * (1 << 16)
+    blocks = [block] * 8  # 1.5 MB in 12 sections
+    chunker = chunking.Chunker(500, 50)
+    held = fed = 0
+    text_back = []
+    for section in chunking.sections(blocks):
+        fed += len(section)
+        for c in chunker.feed(section):
+            assert c.token_count <= 500
+            text_back.append(c.text)
+        held = max(held, len(chunker._buf))
+    text_back.extend(c.text for c in chunker.finish())
+    assert fed == len(block) * 8 and len(text_back) > fed // 2000
+    assert held <= 2 * chunking.SECTION_CHARS
+
+
+def test_counts_stay_exact_across_many_small_sections(monkeypatch):
+    """Chunks spanning sections and tokenized regions, non-ASCII text, the held text trimmed."""
+    monkeypatch.setattr(chunking, "SECTION_CHARS", 300)
+    monkeypatch.setattr(chunking, "_CARRY_CHARS", 200)
+    rnd = random.Random(11)
+    words = ["é", "日本語", "word", "Word.", " ", " ", "\n", "\n\n", ".", "😀", "x" * 40, "ab,",
+             "ü" * 300, "z" * 500]
+    text = "".join(rnd.choice(words) for _ in range(6000))
+    for max_tokens, overlap in [(40, 10), (100, 0)]:
+        chunks = chunks_of(text, max_tokens, overlap, block=1000)
+        for c in chunks:
+            assert text[c.start:c.end] == c.text
+            assert 0 < c.token_count == count_tokens(c.text) <= max_tokens
+    assert "".join("".join(c.text.split()) for c in chunks) == "".join(text.split())
+
+
+def test_token_lengths_table_matches_tiktoken():
+    enc = chunking.encoding()
+    table = chunking._lengths(enc)
+    tokens = set(enc.encode_ordinary(REAL[0].read_text()[:20_000] + "é日本語😀\xad \n\t  x" * 3))
+    assert all(table[t] == len(enc.decode_single_token_bytes(t)) for t in tokens)

@@ -20,8 +20,8 @@ def main() -> int:
     p.add_argument("--held", default="[]", help=argparse_hidden())
     args = p.parse_args()
     if args.child:  # the worker's child, where the platform cannot fork (internal)
-        def report(code: int, path: str) -> None:
-            print(f"@@done {code} {path}", flush=True)
+        def report(code: int, path: str, why: str) -> None:
+            print("@@done " + json.dumps([code, path, why]), flush=True)
         return worker.child_main(args.child, args.budget, json.loads(args.held), report)
     cfg = settings.load()
     return job.ingest_path(cfg, args.path, job.StopFlag().install())

@@ -67,10 +67,11 @@ def check_ready(cfg: Config, need_key: bool = True, store: str | None = "write")
 
 # ---- a worker's child ------------------------------------------------------------------
 def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFlag,
-         report: Callable[[int, str], None]) -> int:
+         report: Callable[[int, str, str], None]) -> int:
     """Claim and ingest up to `budget` files, FILE_CONCURRENCY at a time, in this process with one open
     store, until the queue is empty, a problem of the run, a signal, or RSS passes CHILD_MAX_RSS_MB.
-    report(code, path) is called for each file; returns the code that ended the work (0: none)."""
+    report(code, path, why) is called for each file (why: the message of a problem of the run that
+    released it); returns the code that ended the work (0: none)."""
     embedder = Embedder(cfg)
     in_shard = paths.shard_filter(cfg)
     accept = lambda p: in_shard(p) and p not in held  # noqa: E731
@@ -89,12 +90,12 @@ def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFla
 
     def loop() -> None:
         while (path := next_file()) is not None:
+            why = ""
             try:
                 code = ingest_claimed(cfg, path, store, embedder, stop)
             except IngestionError as e:  # a problem of the run: the file was released
-                log.error("%s", e)
-                code = e.exit_code
-            report(code, path)
+                code, why = e.exit_code, str(e)
+            report(code, path, why)
             if code not in (EXIT_OK, EXIT_FILE_FAILED, EXIT_BUSY, EXIT_MEMORY, EXIT_API_DOWN, EXIT_BUG):
                 with lock:
                     ending[0] = ending[0] or code

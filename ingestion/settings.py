@@ -44,6 +44,8 @@ SETTINGS = [
     Setting("CHROMA_AUTH_TOKEN", None, "bearer token sent to the Chroma server, if it needs one", _STORE),
     Setting("CHROMA_API_KEY", None,
             "when set, use Chroma Cloud (CloudClient) with CHROMA_TENANT and CHROMA_DATABASE", _STORE),
+    Setting("CHROMA_TIMEOUT", "120", "seconds a store call may take before the run stops (the file is "
+            "released)", _STORE),
     Setting("CHROMA_TENANT", None, "Chroma Cloud tenant", _STORE),
     Setting("CHROMA_DATABASE", None, "Chroma Cloud database", _STORE),
     Setting("OPENAI_API_KEY", None, "the OpenAI SDK's own variable; required to embed", _EMBED),
@@ -136,6 +138,7 @@ class Config:
     chroma_api_key: str | None
     chroma_tenant: str | None
     chroma_database: str | None
+    chroma_timeout: int
     embedding_model: str
     embedding_dimensions: int | None
     chunk_max_tokens: int
@@ -214,6 +217,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Config:
         chroma_api_key=raw("CHROMA_API_KEY"),
         chroma_tenant=raw("CHROMA_TENANT"),
         chroma_database=raw("CHROMA_DATABASE"),
+        chroma_timeout=_int("CHROMA_TIMEOUT", 1),
         embedding_model=raw("EMBEDDING_MODEL"),
         embedding_dimensions=_int("EMBEDDING_DIMENSIONS", 1) if dims else None,
         chunk_max_tokens=max_tokens,

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import socket
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -37,6 +38,7 @@ from ingestion.settings import Config
 log = logging.getLogger(__name__)
 
 PAGE = 1000              # records per page when listing a collection
+MIN_FREE_BYTES = 32 * 2**20  # embedded mode: free disk space below which nothing is written
 RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failing store call
 MADE_BY = "transcript-ingestion"
 OUR_ID = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}")
@@ -112,11 +114,14 @@ class Store:
         self.cfg = cfg
         self._lock_fd = None
         self.stamped = False
+        self.broken = ""  # why the store cannot be used any more in this process
         if not cfg.remote_store:
             self._lock(wait)
         try:
             self.client = make_client(cfg)
             self.max_batch = self.call(self.client.get_max_batch_size)
+            if check == "write":
+                self.room()
             existing = self._get_collection(cfg.chroma_collection)
             if existing is not None and check:
                 self._check(existing, check)
@@ -227,12 +232,16 @@ class Store:
     def call(self, fn: Callable, *args, retry_on: tuple = (), **kwargs):
         """fn(*args, **kwargs), retried with backoff; a lasting failure is a StoreError.
 
+        A call that does not answer within CHROMA_TIMEOUT seconds (Chroma can hang on a
+        full disk) makes the store unusable for this process: later calls fail at once.
         retry_on: exceptions that are an answer, not a failure (raised at once)."""
         from chromadb.errors import InvalidArgumentError
 
         for attempt, pause in enumerate((*RETRIES, None)):
+            if self.broken:
+                raise StoreError(self.broken)
             try:
-                return fn(*args, **kwargs)
+                return self._answer(fn, args, kwargs)
             except retry_on:
                 raise
             except InvalidArgumentError as e:  # refused for good (a vector of another size, say)
@@ -243,6 +252,27 @@ class Store:
                                      f"{self._where()}") from None
                 log.warning("store call failed (%s); retrying in %.1fs", _why(e), pause)
                 time.sleep(pause)
+
+    def _answer(self, fn: Callable, args, kwargs):
+        """fn's result, waiting at most CHROMA_TIMEOUT seconds for it."""
+        box: dict = {}
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                box["value"] = fn(*args, **kwargs)
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+            done.set()
+
+        threading.Thread(target=target, daemon=True, name="store-call").start()
+        if not done.wait(self.cfg.chroma_timeout):
+            self.broken = (f"the store did not answer within CHROMA_TIMEOUT={self.cfg.chroma_timeout}s: "
+                           f"{self._where()}")
+            raise StoreError(self.broken)
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def _where(self) -> str:
         if self.cfg.remote_store:
@@ -289,7 +319,23 @@ class Store:
                           include=["metadatas", "embeddings"])
         return {m["content_sha256"]: [float(x) for x in e] for m, e in zip(found["metadatas"], found["embeddings"])}
 
+    def room(self, nbytes: int = 0) -> None:
+        """Embedded mode: refuse to write when the disk is (nearly) full. Chroma's embedded
+        writes can hang on a full disk instead of failing, so this is checked before each write."""
+        if self.cfg.remote_store:
+            return
+        try:
+            st = os.statvfs(self.cfg.chroma_path)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < MIN_FREE_BYTES + 3 * nbytes:
+            raise StoreError(f"the disk under CHROMA_PATH={self.cfg.chroma_path} is full ({free / 2**20:.1f} MB free, "
+                             f"{MIN_FREE_BYTES // 2**20} MB needed to write safely): free some space or move the store")
+
     def add(self, ids, embeddings, documents, metadatas) -> None:
+        if ids:
+            self.room(len(ids) * (len(embeddings[0]) * 8 + 4096))
         for i in range(0, len(ids), self.max_batch):
             s = slice(i, i + self.max_batch)
             self.call(self.chunks.upsert, ids=ids[s], embeddings=embeddings[s], documents=documents[s],

@@ -101,17 +101,19 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
     tally = Tally()
     code = EXIT_OK
     api_down = 0
+    stopped_by = ""  # the message of a problem of the run that stopped a child
     with progress.bar(min(pending, max_iterations or pending), "files", "files") as advance:
         while (max_iterations == 0 or tally.runs < max_iterations) and not stop():
             budget = cfg.files_per_child if max_iterations == 0 else min(cfg.files_per_child,
                                                                          max_iterations - tally.runs)
             oom_before = procinfo.oom_kills() or 0
             rc, pid, done = launcher.run(os.getpid(), budget, held, stop, cfg.grace_seconds)
-            for file_rc, file_path in done:
+            for file_rc, file_path, why in done:
                 tally.add(outcome_name(file_rc))
                 advance(1)
                 if file_rc == EXIT_BUSY:
                     held.add(file_path)
+                stopped_by = why or stopped_by
             if rc != EXIT_OK:  # files it held without an outcome: it died, or stopped
                 with state.transaction(cfg, checkpoint=False) as (q, _):
                     stuck = file_queue.held_by(q, pid)
@@ -135,7 +137,17 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in sorted(tally.outcomes.items())) or "none"
     print(f"worker: {tally.runs} files run ({summary}); queue: pending {counts['pending']}, "
           f"processing {counts['processing']}, completed {counts['completed']}, failed {counts['failed']}")
+    if code in (EXIT_AUTH, EXIT_CONFIG) and stopped_by:
+        raise RunStopped(stopped_by, code)
     return code
+
+
+class RunStopped(IngestionError):
+    """A child stopped for a problem of the run: the worker ends with its message and code."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.exit_code = code
 
 
 def _after_death(cfg: Config, path: str, rc: int, stop: job.StopFlag, oom_seen: bool) -> str:
@@ -152,7 +164,7 @@ def _after_death(cfg: Config, path: str, rc: int, stop: job.StopFlag, oom_seen: 
 # ---- starting children ---------------------------------------------------------------------------
 def child_main(owner_pid: int, budget: int, held: list[str], report) -> int:
     """What a child runs: its own session (a terminal's Ctrl-C goes to the worker, which forwards it),
-    then job.work. report(code, path) tells the worker each file's outcome."""
+    then job.work. report(code, path, why) tells the worker each file's outcome."""
     from ingestion import cli, settings
 
     os.setsid()
@@ -169,7 +181,7 @@ def child_main(owner_pid: int, budget: int, held: list[str], report) -> int:
 
 
 def _fork_child(owner_pid: int, budget: int, held: list[str], conn) -> None:
-    code = child_main(owner_pid, budget, held, lambda c, p: conn.send((c, p)))
+    code = child_main(owner_pid, budget, held, lambda c, p, w: conn.send((c, p, w)))
     conn.close()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -200,7 +212,7 @@ class ForkLauncher:
         child = self.ctx.Process(target=_fork_child, args=(owner_pid, budget, sorted(held), writer), daemon=False)
         child.start()
         writer.close()
-        done: list[tuple[int, str]] = []
+        done: list[tuple[int, str, str]] = []
 
         def alive(timeout: float) -> bool:
             while reader.poll(timeout):
@@ -238,7 +250,7 @@ class SubprocessLauncher:
         cmd = [sys.executable, str(INGEST_SCRIPT), "--child", str(owner_pid), "--budget", str(budget),
                "--held", json.dumps(sorted(held))]
         child = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, text=True)
-        done: list[tuple[int, str]] = []
+        done: list[tuple[int, str, str]] = []
         reader = threading.Thread(target=_read_child, args=(child.stdout, done), daemon=True)
         reader.start()
 
@@ -256,11 +268,10 @@ class SubprocessLauncher:
 
 
 def _read_child(stream, done: list) -> None:
-    """Pass the child's output on, keeping its `@@done CODE PATH` lines for the tally."""
+    """Pass the child's output on, keeping its `@@done [CODE, PATH, WHY]` lines for the tally."""
     for line in stream:
         if line.startswith("@@done "):
-            code, _, path = line[len("@@done "):].rstrip("\n").partition(" ")
-            done.append((int(code), path))
+            done.append(tuple(json.loads(line[len("@@done "):])))
         else:
             sys.stdout.write(line)
             sys.stdout.flush()

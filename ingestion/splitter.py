@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ingestion import chunking, textfile
+from ingestion.atomicfile import replacing
 from ingestion.errors import StateFileError
 
 LOOKAHEAD = 0.25     # a part may grow this fraction past its target to reach a good boundary
@@ -42,81 +42,87 @@ def _boundary_rank(line: str, prev_blank: bool) -> int:
     return 1 if turn or (prev_blank and line.strip()) else 2
 
 
+def _ranked_lines(path: Path, info: textfile.FileInfo) -> Iterator[tuple[str, int]]:
+    prev_blank = True
+    for line in _slices(textfile.iter_text(path, info, keep_line_ends=True)):
+        yield line, _boundary_rank(line, prev_blank)
+        prev_blank = not line.strip()
+
+
 def split_file(path: Path, out_dir: Path, parts: int | None = None, max_tokens: int | None = None) -> list[Path]:
     """Split path into parts (about `parts` equal parts, or parts of at most max_tokens tokens)."""
     info = textfile.inspect(path)
-    text_size = max(1, info.size // (2 if info.encoding == "utf-16" else 1))
-    target = text_size / parts if parts else None
-    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = _ranked_lines(path, info)
+    if max_tokens:
+        groups = _by_tokens(lines, max_tokens)
+    else:
+        text_size = max(1, info.size // (2 if info.encoding == "utf-16" else 1))
+        groups = _by_size(lines, text_size / parts, parts)
+    return _write_parts(path, out_dir, groups)
+
+
+def _write_parts(path: Path, out_dir: Path, groups: Iterator[Iterable[str]]) -> list[Path]:
+    """Each group of lines as one part, written atomically; on an error no part is left behind."""
     written: list[Path] = []
-    current: list[str] = []   # only used with max_tokens (bounded by it)
-    size = tokens = 0
-    writer = None
-    prev_blank = True
-
-    def open_part():
-        nonlocal writer
-        name = f"{path.stem}_{len(written) + 1:02d}.txt"
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
-        writer = (os.fdopen(fd, "w", encoding="utf-8", newline=""), Path(tmp), out_dir / name)
-
-    def close_part():
-        nonlocal writer, size, tokens
-        f, tmp, final = writer
-        f.flush()
-        os.fsync(f.fileno())
-        f.close()
-        os.replace(tmp, final)
-        written.append(final)
-        writer, size, tokens = None, 0, 0
-
     try:
-        for line in _slices(textfile.iter_text(path, info, keep_line_ends=True)):
-            rank = _boundary_rank(line, prev_blank)
-            prev_blank = not line.strip()
-            if max_tokens:
-                n = chunking.count_tokens(line)
-                if current and tokens + n > max_tokens:
-                    _flush_best(current, max_tokens, open_part, close_part, lambda: writer)
-                    tokens = sum(chunking.count_tokens(x) for x, _ in current)
-                current.append((line, rank))
-                tokens += n
-                continue
-            if writer is None:
-                open_part()
-            elif size >= target and (rank <= 1 or size >= target * (1 + LOOKAHEAD)) and len(written) < parts - 1:
-                close_part()
-                open_part()
-            writer[0].write(line)
-            size += len(line)
-        if max_tokens:
-            while current:
-                _flush_best(current, max_tokens, open_part, close_part, lambda: writer, final=True)
-        elif writer is not None:
-            close_part()
-    except OSError as e:
-        if writer is not None:
-            writer[0].close()
-            with contextlib.suppress(OSError):
-                os.unlink(writer[1])
+        for lines in groups:
+            part = out_dir / f"{path.stem}_{len(written) + 1:02d}.txt"
+            with replacing(part) as f:
+                for line in lines:
+                    f.write(line)
+            written.append(part)
+    except StateFileError as e:
         for p in written:
             with contextlib.suppress(OSError):
                 os.unlink(p)
-        raise StateFileError(f"cannot write the parts of {path} in {out_dir}: {e.strerror or e}") from None
+        raise StateFileError(f"cannot write the parts of {path} in {out_dir}: {e}") from None
     return written
 
 
-def _flush_best(current: list, max_tokens: int, open_part, close_part, writer, final: bool = False) -> None:
-    """Write the lines of `current` up to its best boundary as one part, keep the rest."""
+def _by_size(lines: Iterator[tuple[str, int]], target: float, parts: int) -> Iterator[Iterator[str]]:
+    """Groups of about target characters, each ending just before a good boundary; at most `parts`."""
+    upcoming = [next(lines, None)]
+    made = [0]
+
+    def one_part() -> Iterator[str]:
+        size = 0
+        while upcoming[0] is not None:
+            line, rank = upcoming[0]
+            if size >= target and (rank <= 1 or size >= target * (1 + LOOKAHEAD)) and made[0] < parts:
+                return
+            yield line
+            size += len(line)
+            upcoming[0] = next(lines, None)
+
+    while upcoming[0] is not None:
+        made[0] += 1
+        yield one_part()
+
+
+def _by_tokens(lines: Iterator[tuple[str, int]], max_tokens: int) -> Iterator[list[str]]:
+    """Groups of at most max_tokens tokens, each cut at the best boundary in its second half."""
+    current: list[tuple[str, int]] = []
+    tokens = 0
+    for line, rank in lines:
+        n = chunking.count_tokens(line)
+        if current and tokens + n > max_tokens:
+            yield _take_best(current)
+            tokens = sum(chunking.count_tokens(x) for x, _ in current)
+        current.append((line, rank))
+        tokens += n
+    while current:
+        yield [line for line, _ in current]
+        current.clear()
+
+
+def _take_best(current: list[tuple[str, int]]) -> list[str]:
+    """The lines of `current` up to its best boundary (removed from it)."""
     cut = len(current)
-    if not final:
-        half = len(current) // 2
-        candidates = [i for i in range(max(1, half), len(current)) if current[i][1] <= 1]
-        if candidates:
-            best = min(current[i][1] for i in candidates)
-            cut = max(i for i in candidates if current[i][1] == best)
-    open_part()
-    for line, _ in current[:cut]:
-        writer()[0].write(line)
-    close_part()
+    half = len(current) // 2
+    candidates = [i for i in range(max(1, half), len(current)) if current[i][1] <= 1]
+    if candidates:
+        best = min(current[i][1] for i in candidates)
+        cut = max(i for i in candidates if current[i][1] == best)
+    taken = [line for line, _ in current[:cut]]
     del current[:cut]
+    return taken

@@ -204,6 +204,11 @@ class ForkLauncher:
     thread exists in the server)."""
 
     def __init__(self, cfg: Config):
+        from ingestion.settings import PROJECT_ROOT
+
+        # the server is a new interpreter that takes no sys.path from us before preloading: give it ours
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["ingestion.preload"])
 

@@ -20,7 +20,7 @@ class ExitCode:
 
 EXIT_CODES = [
     ExitCode(0, "completed", "done, or nothing to do", False),
-    ExitCode(1, "bug", "a bug (traceback); the file goes back to pending", False),
+    ExitCode(1, "bug", "a bug (traceback); the file is tried again, then failed after MAX_ATTEMPTS", False),
     ExitCode(2, "stopped", "a problem of the run: setting, key missing, store or state file; "
                            "the run stopped, the file went back to pending, nothing was charged", True),
     ExitCode(3, "failed", "the file failed, reason recorded", False),

@@ -7,8 +7,10 @@ Order of work, so that nothing is lost and nothing is paid twice:
    a text already embedded for another source reuses that vector (one lookup a group);
 3. only the rest is sent to the API, EMBED_BATCH_SIZE chunks a request,
    EMBED_CONCURRENCY requests in flight;
-4. vectors are written as they arrive, coalesced into writes of up to WRITE_VECTORS
-   or FLUSH_SECONDS of work, and always before the next group is embedded;
+4. vectors are written as they arrive, coalesced into one write per round of requests
+   (EMBED_BATCH_SIZE x EMBED_CONCURRENCY vectors, at most WRITE_VECTORS) or FLUSH_SECONDS
+   of work, and always before the next group is embedded: a crash loses at most one
+   round of paid requests, as without coalescing;
 5. on any error, vectors already paid for are still written before it is raised;
 6. only when the whole file is stored are its chunks that are no longer part of it
    deleted (never delete first), and the file recorded as done in the store.
@@ -88,16 +90,17 @@ def _requests(records: list[_Record], size: int) -> Iterator[list[_Record]]:
 
 
 class _Writer:
-    """Vectors waiting to be written: flushed at WRITE_VECTORS or FLUSH_SECONDS."""
+    """Vectors waiting to be written: flushed at `size` vectors or FLUSH_SECONDS."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, size: int):
         self.store = store
+        self.size = min(size, WRITE_VECTORS)
         self.waiting: list[_Record] = []
         self.since = time.monotonic()
 
     def add(self, records: list[_Record]) -> None:
         self.waiting.extend(records)
-        if len(self.waiting) >= WRITE_VECTORS or time.monotonic() - self.since >= FLUSH_SECONDS:
+        if len(self.waiting) >= self.size or time.monotonic() - self.since >= FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -119,7 +122,7 @@ def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[lis
     """
     result = Result()
     stored = store.metadata_of_source(source)
-    writer = _Writer(store)
+    writer = _Writer(store, cfg.embed_batch_size * cfg.embed_concurrency)
     now = int(time.time())
     cuts = cutting.file_chunks(cfg, path, info, result.cleanup)
     with ThreadPoolExecutor(max_workers=cfg.embed_concurrency) as pool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
@@ -133,19 +132,6 @@ def test_real_transcripts_keep_speaker_turns_for_the_chunker(real):
     for paragraph in starts:
         assert chunking.TURN_START.match(paragraph) and chunking.SPEAKER_LINE.match(paragraph)
     assert "\n\nJUSTICE SCALIA: " in cleaned.text and "\n\nGENERAL VERRILLI: " in cleaned.text
-
-
-def test_cleaning_a_300_kb_transcript_is_fast():
-    text = max(REAL, key=lambda p: p.stat().st_size).read_text()
-    assert len(text) > 250_000
-    best = min(_timed(clean, text) for _ in range(3))
-    assert best < 0.1
-
-
-def _timed(fn, arg) -> float:
-    start = time.perf_counter()
-    fn(arg)
-    return time.perf_counter() - start
 
 
 # ---- synthetic transcripts ---------------------------------------------------------------

@@ -96,6 +96,7 @@ def test_kill_9_of_the_child_at_random_moments(project, api, clean, seed, files_
     fill(project)
     project.run("generate_file_queue.py")
     api.set_faults(latency_ms=20)
+    killed = 0
     for _ in range(3):
         worker = start_worker(project, FILES_PER_CHILD=str(files_per_child))
         pid = child_pid(project)
@@ -104,9 +105,12 @@ def test_kill_9_of_the_child_at_random_moments(project, api, clean, seed, files_
         if pid:
             try:
                 os.kill(pid, signal.SIGKILL)
+                killed += 1
             except ProcessLookupError:
                 pass
         worker.wait(timeout=120)
+    assert killed >= 1, "no child was ever found and killed: the test tested nothing"
+    assert any(e.get("kills") for e in project.queue["files"].values()), "no kill reached a file"
     api.set_faults(latency_ms=0)
     finish_and_compare(project, clean, api)
 

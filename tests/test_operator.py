@@ -94,3 +94,25 @@ def test_every_setting_is_read_by_some_script(project):
     helps = "".join(project.run(s, "--help").stdout for s in SCRIPTS)
     missing = [s.name for s in SETTINGS if s.name not in helps]
     assert missing == []
+
+
+def _listed(project, script: str) -> set[str]:
+    return set(re.findall(r"^  ([A-Z][A-Z0-9_]+) ", project.run(script, "--help").stdout, re.M))
+
+
+def test_the_worker_help_lists_what_its_children_read(project):
+    worker, child = _listed(project, "process_queue_worker.py"), _listed(project, "ingest_one_file.py")
+    assert child <= worker, child - worker
+    assert {"CHUNK_MAX_TOKENS", "EMBED_BATCH_SIZE", "MAX_ATTEMPTS", "TEXT_CLEANUP", "GRACE_SECONDS"} <= worker
+    assert "MAX_ITERATIONS" not in _listed(project, "query_chromadb.py")
+
+
+def test_readme_exit_codes_match_the_code(project):
+    from ingestion.errors import EXIT_CODES
+
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(\d+)` \| ([^|]+) \| ([^|]+) \| (yes|no) \|$", readme, re.M)
+    assert rows == [(str(e.code), e.outcome, e.meaning, "yes" if e.run_stopped else "no") for e in EXIT_CODES]
+    help_text = project.run("generate_file_queue.py", "--help").stdout
+    for e in EXIT_CODES:
+        assert f"  {e.code} {e.meaning}" in help_text

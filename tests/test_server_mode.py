@@ -6,6 +6,7 @@ empty CHECKPOINT_DIR before every worker run.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,12 +31,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def chroma_server(tmp_path):
+def start_chroma(data: Path) -> tuple[subprocess.Popen, dict]:
     """A real Chroma server (`chroma run`, from the chromadb package) on a free loopback port."""
     port = free_port()
     chroma = Path(sys.executable).with_name("chroma")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(data), "--host", "127.0.0.1",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while True:
@@ -47,7 +47,13 @@ def chroma_server(tmp_path):
                 proc.kill()
                 pytest.fail("chroma run did not start")
             time.sleep(0.2)
-    yield {"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(port)}
+    return proc, {"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(port)}
+
+
+@pytest.fixture
+def chroma_server(tmp_path):
+    proc, env = start_chroma(tmp_path / "server-data")
+    yield env
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=20)
@@ -178,3 +184,69 @@ def test_chroma_cloud_without_network_is_one_clear_line(project):
     r = project.run("process_queue_worker.py", CHROMA_API_KEY="ck-fake", CHROMA_TENANT="t", CHROMA_DATABASE="d")
     assert r.returncode == 2, r.stderr
     assert "Chroma Cloud" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_a_server_down_before_the_run_is_one_line_and_charges_nothing(project, api):
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    project.run("generate_file_queue.py")
+    before = project.queue
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", CHROMA_HOST="127.0.0.1", CHROMA_PORT=str(free_port()))
+    assert r.returncode == 2 and "cannot reach the Chroma server" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert api.stats()["requests"] == 0
+    after = project.queue
+    assert after["pending"] == before["pending"] and after["failed"] == []
+
+
+def test_a_server_lost_mid_run_releases_the_file_and_stops_the_run(project, api, tmp_path):
+    proc, env = start_chroma(tmp_path / "server-data")
+    try:
+        project.env.update(env)
+        fill(project)
+        project.run("generate_file_queue.py")
+        api.set_faults(latency_ms=300)
+        worker = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / "ingestion" /
+                                                      "process_queue_worker.py")],
+                                  env={**project.env, "MAX_ITERATIONS": "0", "EMBED_BATCH_SIZE": "1",
+                                       "EMBED_CONCURRENCY": "1", "CHROMA_TIMEOUT": "10"},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not project.queue["completed"] and time.time() < deadline:
+            time.sleep(0.2)
+        assert project.queue["completed"], "no file finished before the server went away"
+        proc.kill()  # the server is redeployed, crashes, or its machine goes
+        proc.wait()
+        out, err = worker.communicate(timeout=180)
+    finally:
+        proc.kill()
+        api.set_faults(latency_ms=0)
+    assert worker.returncode == 2, out + err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("error: ")]) == 1, err
+    q = project.queue
+    assert q["failed"] == [] and q["processing"] == [], q
+    assert q["pending"] and all(q["files"][p].get("attempts", 0) == 0 for p in q["pending"])
+
+
+def test_two_shard_workers_start_at_once_on_a_fresh_server(project, api, chroma_server):
+    """The server may answer the first reads of a fresh collection with an internal error
+    ("Nothing found on disk"): retried, never charged to a file."""
+    project.env.update(chroma_server)
+    for n in range(8):
+        project.add(f"f{n}.txt", SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}"))
+    workers = []
+    for i in range(2):
+        ck = project.root / f"ck{i}"
+        workers.append(subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent.parent / "ingestion" / "process_queue_worker.py")],
+            env={**project.env, "MAX_ITERATIONS": "0", "WORKER_SHARD": f"{i}/2", "CHECKPOINT_DIR": str(ck)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = [w.communicate(timeout=300) for w in workers]
+    for w, (out, err) in zip(workers, results):
+        assert w.returncode == 0, out + err
+    done = []
+    for i in range(2):
+        q = json.loads((project.root / f"ck{i}" / "file_queue.json").read_text())
+        assert q["failed"] == [] and q["pending"] == []
+        done += q["completed"]
+    assert len(done) == 8

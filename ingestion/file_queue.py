@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ingestion.atomicfile import read_json
-from ingestion.paths import looks_canonical
+from ingestion.paths import canonical, looks_canonical
 from ingestion.procinfo import pid_alive
 
 LISTS = ("pending", "processing", "completed", "failed")
@@ -40,12 +40,12 @@ def _validate(q: dict) -> None:
             raise ValueError(f"its {name!r} list is missing")
     if not isinstance(q.get("files"), dict):
         q["files"] = {}
-    _normalise(q)
 
 
-def _normalise(q: dict) -> None:
+def normalise(q: dict, roots: list[Path]) -> None:
     """A hand-edited queue: odd spellings (`a/./b`, `a/../b`, relative) become one canonical path,
-    a path in two lists stays in the furthest one (completed, failed, processing, pending)."""
+    a path in two lists stays in the furthest one (completed, failed, processing, pending).
+    Called once a run, where runs start (not on every load: it costs a pass over the queue)."""
     if all(looks_canonical(p) for name in LISTS for p in q[name]) and \
             sum(len(q[name]) for name in LISTS) == len({p for name in LISTS for p in q[name]}):
         return
@@ -53,7 +53,7 @@ def _normalise(q: dict) -> None:
     for name in ("completed", "failed", "processing", "pending"):
         kept = []
         for p in q[name]:
-            c = os.path.normpath(os.path.abspath(p))
+            c = p if looks_canonical(p) else canonical(p, roots)
             if c != p and p in q["files"]:
                 q["files"].setdefault(c, q["files"].pop(p))
             if c not in seen:

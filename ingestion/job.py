@@ -15,6 +15,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -79,20 +80,21 @@ def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFla
     left = [budget]
     ending = [EXIT_OK]
 
-    def next_file() -> str | None:
+    def next_file() -> Claimed | None:
         with lock:
             if ending[0] != EXIT_OK or stop() or left[0] <= 0 or (left[0] < budget and
                                                                     rss_mb() > cfg.child_max_rss_mb):
                 return None
             left[0] -= 1
         with state.transaction(cfg, checkpoint=False) as (q, _):
-            return file_queue.claim(q, accept=accept, owner_pid=owner_pid, child_pid=os.getpid())
+            path = file_queue.claim(q, accept=accept, owner_pid=owner_pid, child_pid=os.getpid())
+            return None if path is None else Claimed.of(q, path)
 
     def loop() -> None:
-        while (path := next_file()) is not None:
-            why = ""
+        while (claimed := next_file()) is not None:
+            why, path = "", claimed.path
             try:
-                code = ingest_claimed(cfg, path, store, embedder, stop)
+                code = ingest_claimed(cfg, claimed, store, embedder, stop)
             except IngestionError as e:  # a problem of the run: the file was released
                 code, why = e.exit_code, str(e)
             report(code, path, why)
@@ -122,10 +124,12 @@ def ingest_path(cfg: Config, path: str | None, stop: StopFlag) -> int:
         path = paths.canonical(path, cfg.allowed_roots)
         if not textfile.is_allowed(Path(path), cfg.allowed_roots):
             raise ConfigError(f"{path} is outside TRANSCRIPTS_DIR ({cfg.transcripts_dir}); not ingesting it")
-    with state.transaction(cfg, checkpoint=False) as (q, c):
+    with state.transaction(cfg, checkpoint=False) as (q, _):
+        file_queue.normalise(q, cfg.allowed_roots)
         if path is not None and file_queue.where(q, path) == "processing":
             raise HeldElsewhere(f"{path} is being processed right now (lease: {file_queue.lease(q, path)})")
-        claimed = file_queue.claim(q, path)
+        path = file_queue.claim(q, path)
+        claimed = None if path is None else Claimed.of(q, path)
     if claimed is None:
         print("queue is empty: nothing to do")
         return EXIT_OK
@@ -134,14 +138,25 @@ def ingest_path(cfg: Config, path: str | None, stop: StopFlag) -> int:
 
 
 # ---- one claimed file --------------------------------------------------------------------------
-def ingest_claimed(cfg: Config, path: str, store: Store, embedder: Embedder, stop: StopFlag) -> int:
+@dataclass(frozen=True)
+class Claimed:
+    """A file this process claimed, and what the claim's transaction knew of it."""
+    path: str
+    original: str             # the transcript it is a part of (itself when not a split part)
+    original_sha: str | None  # a part's original's content hash
+
+    @classmethod
+    def of(cls, q: dict, path: str) -> "Claimed":
+        original = file_queue.original_of(q, path)
+        return cls(path, original, file_queue.details(q, original).get("sha256") if original != path else None)
+
+
+def ingest_claimed(cfg: Config, claimed: Claimed, store: Store, embedder: Embedder, stop: StopFlag) -> int:
     """Ingest a file this process claimed and record its outcome; returns its exit code.
 
     A problem of the run (store, key, settings, state files, a signal) releases the file
     and is raised; only a problem of the file fails it."""
-    with state.transaction(cfg, checkpoint=False) as (q, _):  # read only: nothing changes
-        original = file_queue.original_of(q, path)
-        original_sha = file_queue.details(q, original).get("sha256") if original != path else None
+    path, original, original_sha = claimed.path, claimed.original, claimed.original_sha
     started = time.monotonic()
     try:
         result, file_sha = _ingest(cfg, store, embedder, path, original, original_sha, stop)

@@ -23,8 +23,8 @@ Capacity, from whatever the answers carry:
 - nothing at all: learned from 429s. A 429 means the window is full: capacity becomes
   what we surely had in it (the limit is at least that), concurrency is halved (AIMD;
   it grows by one after a run of successes), everyone holds back for the server's
-  retry-after, and the learned limit is probed 12.5% higher only after a full minute
-  of being served without a 429.
+  retry-after, and the learned limit is probed 12.5% higher only after two minutes
+  of being served at it without a 429 (a 429 each time it turns out too high).
 
 Every attempt, the SDK's own retries included, passes through the pacer (httpx event
 hooks on the SDK's client), so retries after a 429 do not stampede either. The state
@@ -53,7 +53,8 @@ KINDS = ("tokens", "requests")
 POLL = 0.05            # seconds between looks while waiting for an answer
 MAX_HOLD = 120.0       # the SDK does not retry after longer hints either
 MAX_CWND = 64          # above this, concurrency is no longer limited
-GROWTH = 1.125         # a learned limit is probed this much higher after a quiet minute
+GROWTH = 1.125         # a learned limit is probed this much higher ...
+PROBE_AFTER = 120.0    # ... after this long served at it without a 429
 STALE_FLIGHT = 900.0   # an attempt in flight this long belongs to a process that is gone
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -385,7 +386,7 @@ class Pacer:
             k["learned"] = max(k["learned"], sure)
             if k["served_since"] is None:
                 k["served_since"] = now
-            elif (now - k["served_since"] >= WINDOW and now - k["last_429"] >= WINDOW
+            elif (now - k["served_since"] >= PROBE_AFTER and now - k["last_429"] >= PROBE_AFTER
                   and Pacer._used(state, kind) >= 0.8 * k["learned"]):
-                k["learned"] *= GROWTH  # a full minute served at the learned limit: probe a little higher
+                k["learned"] *= GROWTH  # served at the learned limit for a while: probe a little higher
                 k["served_since"] = now

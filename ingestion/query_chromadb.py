@@ -49,10 +49,11 @@ def main() -> int:
         strict = not args.all and store.any_where({"rag_strict": True})
         vector = Embedder(cfg).embed([args.question], 0)[0]
         found = store.query(vector, args.k, where={"rag_strict": True} if strict else None)
+    metas = [m or {} for m in found["metadatas"][0]]  # a collection made elsewhere may have none
     hits = [{"distance": round(d, 4), "source": m.get("source"), "part": m.get("part") or None,
              "chunk_index": m.get("chunk_index"), "start_time": m.get("start_time") or None,
              "citation": citation(m), "speakers": m.get("speakers") or None, "text": doc}
-            for doc, m, d in zip(found["documents"][0], found["metadatas"][0], found["distances"][0])]
+            for doc, m, d in zip(found["documents"][0], metas, found["distances"][0])]
     if args.json:
         print(json.dumps(hits, indent=1, ensure_ascii=False))
         return 0

@@ -147,6 +147,7 @@ def refresh(cfg: Config, retry_failed: bool = False, dry_run: bool = False) -> t
     with (_snapshot(cfg) if dry_run else state.transaction(cfg)) as (q, c):
         file_queue.set_store(q, cfg.store_address, cfg.chroma_collection)
         checkpoint.set_store(c, cfg.store_address, cfg.chroma_collection)
+        file_queue.normalise(q, cfg.allowed_roots)
         for path, st in files:
             on_disk.add(path)
             _merge(q, c, path, st, stored, summary)

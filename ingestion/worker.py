@@ -75,6 +75,7 @@ def prepare(cfg: Config) -> int:
     Returns the number of pending files."""
     scan.ensure_queue(cfg)
     with state.transaction(cfg) as (q, c):
+        file_queue.normalise(q, cfg.allowed_roots)
         stale = file_queue.release_stale(q, cfg.lease_seconds)
         ready = file_queue.split_waiting(q)
         vectors = sum(d.get("chunks") or 0 for d in checkpoint.done_files(c).values())

@@ -41,9 +41,7 @@ def run(root: Path, files: int, prefill: int, base_url: str) -> float:
         {"processed_files": {}, "failed_files": {}}
     for i in range(prefill):  # finished files of an earlier run, as the scan would have recorded them
         p = f"/corpus/older/{i:05d}/transcript-{i}.txt"
-        q["completed"].append(p)
-        q["files"][p] = {"size": 61234, "mtime": 1.7e9 + i, "sha256": f"{i:064x}", "chunks": 30, "tokens": 12000,
-                         "attempts": 0}
+        q["completed"].append(p)  # (the queue keeps no details of a finished file; the checkpoint does)
         c["processed_files"][p] = {"timestamp": "2026-01-01T00:00:00+0000", "status": "completed",
                                    "file_sha256": f"{i:064x}", "size": 61234, "mtime": 1.7e9 + i, "chunks": 30,
                                    "tokens": 12000, "embedded_tokens": 12000, "seconds": 1.0}

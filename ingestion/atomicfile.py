@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
+import orjson
 import logging
 import os
 import tempfile
@@ -90,8 +90,8 @@ def _parse(path: Path, validate: Callable[[dict], None]) -> tuple[dict, str]:
     except UnicodeDecodeError:
         raise ValueError("not UTF-8 text") from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
@@ -121,6 +121,6 @@ def read_json(path: Path, empty: Callable[[], dict], validate: Callable[[dict], 
                 f"{path} is damaged ({problem}) and has no usable backup; "
                 f"move it aside and {how_to_rebuild}") from None
         log.warning("%s is damaged (%s); using its backup %s (one write older)", path, problem, backup)
-        text = json.dumps(data, ensure_ascii=False)
+        text = orjson.dumps(data).decode("utf-8")
         write_atomic(path, text)
         return data, text

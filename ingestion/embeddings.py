@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import threading
 
 import openai
@@ -34,7 +35,8 @@ class Embedder:
         self.dimensions = cfg.embedding_dimensions
         self.pacer = Pacer(cfg.checkpoint_dir / "ratelimit.json")
         self.client = openai.OpenAI(api_key=key, max_retries=cfg.openai_max_retries, timeout=cfg.openai_timeout,
-                                    http_client=openai.DefaultHttpxClient(event_hooks=self.pacer.event_hooks()))
+                                    http_client=openai.DefaultHttpxClient(event_hooks=self.pacer.event_hooks(),
+                                                                          verify=tls_context()))
         self._count_lock = threading.Lock()
         self.requests = 0
         self.tokens_sent = 0
@@ -71,6 +73,20 @@ class Embedder:
         except openai.APIConnectionError as e:
             kind = "timed out" if isinstance(e, openai.APITimeoutError) else "could not be reached"
             raise ApiUnavailable(f"the embeddings API {kind} after {self.client.max_retries} retries") from None
+
+
+_TLS = None
+
+
+def tls_context() -> ssl.SSLContext:
+    """The TLS settings of every request (certifi's CA bundle, as httpx uses by default), made
+    once: building them costs ~50 ms, which a worker's child would otherwise pay per file."""
+    global _TLS
+    if _TLS is None:
+        import certifi
+
+        _TLS = ssl.create_default_context(cafile=certifi.where())
+    return _TLS
 
 
 def _message(error: openai.APIStatusError) -> str:

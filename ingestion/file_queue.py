@@ -3,6 +3,7 @@
 Format (the four lists keep these names and meanings; operators read them):
   {"pending": [path...], "processing": [path...], "completed": [path...], "failed": [path...],
    "files": {path: {"size", "mtime", "sha256", "attempts", "reason", "lease", "part_of", "parts", ...}},
+   (a completed file has no entry in `files`: the checkpoint holds what was finished)
    "store": {"address", "collection"}}
 Paths are absolute and canonical (see paths.py). A path is in at most one list.
 `files` holds what we know of each path: its lease while processing ({"pid",
@@ -36,7 +37,7 @@ def empty() -> dict:
 
 def _validate(q: dict) -> None:
     for name in LISTS:
-        if not isinstance(q.get(name), list) or not all(isinstance(p, str) for p in q[name]):
+        if not isinstance(q.get(name), list):
             raise ValueError(f"its {name!r} list is missing")
     if not isinstance(q.get("files"), dict):
         q["files"] = {}
@@ -209,10 +210,12 @@ def release(q: dict, path: str) -> None:
 
 
 def complete(q: dict, path: str) -> None:
-    entry = _info(q, path)
-    for key in ("lease", "reason", "last_error"):
-        entry.pop(key, None)
-    entry["attempts"] = 0
+    """Done: what the queue knew of it goes (the checkpoint records the finished file), so the
+    queue grows with what is still to do, not with the corpus. A split part keeps its `part_of`."""
+    original = q["files"].get(path, {}).get("part_of")
+    q["files"].pop(path, None)
+    if original:
+        q["files"][path] = {"part_of": original}
     move(q, path, "completed")
 
 

@@ -133,8 +133,12 @@ def ingest_path(cfg: Config, path: str | None, stop: StopFlag) -> int:
     if claimed is None:
         print("queue is empty: nothing to do")
         return EXIT_OK
-    with Store(cfg) as store:
-        return ingest_claimed(cfg, claimed, store, embedder, stop)
+    try:
+        with Store(cfg) as store:
+            return ingest_claimed(cfg, claimed, store, embedder, stop)
+    finally:
+        with state.transaction(cfg):  # the checkpoint's journal folded into checkpoint.json
+            pass
 
 
 # ---- one claimed file --------------------------------------------------------------------------

@@ -26,21 +26,21 @@ from ingestion.settings import Config
 log = logging.getLogger("ingestion")
 
 
-def _failed(q: dict, c: dict, path: str, reason: str) -> None:
+def _failed(q: dict, c: checkpoint.Changes, path: str, reason: str) -> None:
     attempts = file_queue.fail(q, path, reason)
     original = file_queue.original_of(q, path)
     checkpoint.record_failed(c, original, reason if path == original else f"part {path}: {reason}", attempts)
 
 
 def fail(cfg: Config, path: str, reason: str) -> None:
-    with state.transaction(cfg) as (q, c):
+    with state.transaction(cfg, checkpoint="append") as (q, c):
         _failed(q, c, path, reason)
     log.error("failed %s: %s", path, reason)
 
 
 def retry(cfg: Config, path: str, reason: str) -> bool:
     """Returns True when the file was requeued, False when it failed for good."""
-    with state.transaction(cfg) as (q, c):
+    with state.transaction(cfg, checkpoint="append") as (q, c):
         attempts = file_queue.attempts(q, path) + 1
         if attempts >= cfg.max_attempts:
             _failed(q, c, path, f"{reason} (gave up after {attempts} attempts)")
@@ -69,10 +69,8 @@ def complete(cfg: Config, path: str, original: str, file_sha: str, size: int, mt
 
     Returns True when it was the last part of a split file still to finish."""
     part = path != original
-    with state.transaction(cfg) as (q, c):
+    with state.transaction(cfg, checkpoint="append") as (q, c):
         file_queue.complete(q, path)
-        file_queue.note(q, path, size=size, mtime=mtime, sha256=None if part else file_sha,
-                        chunks=done["chunks"], tokens=done["tokens"])
         if not part:
             checkpoint.record_done(c, path, file_sha256=file_sha, size=size, mtime=mtime, **done)
         return part and file_queue.parts_done(q, original)
@@ -81,9 +79,8 @@ def complete(cfg: Config, path: str, original: str, file_sha: str, size: int, mt
 def finish_split(cfg: Config, original: str, parts: list[str], file_sha: str, chunks: int, tokens: int) -> None:
     """All parts of a split file are stored: the original is done, its parts leave the queue."""
     st = os.stat(original) if os.path.exists(original) else None
-    with state.transaction(cfg) as (q, c):
+    with state.transaction(cfg, checkpoint="append") as (q, c):
         file_queue.drop_parts(q, original)
-        file_queue.note(q, original, chunks=chunks, tokens=tokens, split=len(parts))
         file_queue.complete(q, original)
         checkpoint.record_done(c, original, file_sha256=file_sha, size=st.st_size if st else None,
                                mtime=st.st_mtime if st else None, chunks=chunks, tokens=tokens,
@@ -99,7 +96,7 @@ def split(cfg: Config, path: str, parts: list[str], original: str, original_sha:
 def after_death(cfg: Config, path: str, rc: int, oom_seen: bool, stopping: bool) -> str:
     """Its process died while the file was in processing. Returns the outcome's name, or
     "split" when the caller must split the file (out of memory)."""
-    with state.transaction(cfg) as (q, c):
+    with state.transaction(cfg, checkpoint="append") as (q, c):
         where = file_queue.where(q, path)
         if where != "processing":
             return {"completed": "completed", "failed": "failed", "pending": "requeued"}.get(where, "split")

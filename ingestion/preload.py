@@ -1,14 +1,29 @@
 """Imported once by the worker's fork server, so that each child starts with it all loaded.
 
 A child forked from the server costs a fork instead of ~2.5 s of imports. Nothing
-here may open a Chroma client, a socket or a thread: the server only forks.
+here may open a Chroma client, a socket or a thread: the server only forks. Besides the
+packages, the modules they import lazily on first use (a Chroma client's backend, the
+HTTP stack of the openai client) are imported here, and the tokenizer's tables read.
 """
+import importlib
+
 import chromadb  # noqa: F401
 import openai  # noqa: F401
 
 from ingestion import job  # noqa: F401  (and with it the whole pipeline)
 from ingestion.chunking import encoding
+from ingestion.embeddings import tls_context
 
+LAZY = ["chromadb.api.rust", "chromadb.telemetry.product.posthog", "chromadb_rust_bindings",
+        "openai.resources.embeddings", "openai.lib._parsing._embeddings", "httpcore2", "h11",
+        "anyio.streams.tls", "truststore"]
+
+for name in LAZY:
+    try:
+        importlib.import_module(name)
+    except ImportError:  # another version of a package: the child imports what it needs
+        pass
+tls_context()  # the CA bundle, read once
 try:
     encoding()  # the tokenizer's tables, read once
 except Exception:  # the child will say so in one line

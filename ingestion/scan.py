@@ -181,8 +181,7 @@ def _merge(q: dict, c: dict, path: str, st: os.stat_result, stored: dict, summar
         checkpoint.record_done(c, path, file_sha256=sha, size=st.st_size, mtime=st.st_mtime,
                                chunks=stored[path].get("chunks"), tokens=stored[path].get("tokens"),
                                found_in_store=True)
-        file_queue.note(q, path, size=st.st_size, mtime=st.st_mtime, sha256=sha)
-        file_queue.move(q, path, "completed")
+        file_queue.complete(q, path)
         summary.found_in_store += 1
         return
     if done is not None:
@@ -196,7 +195,7 @@ def _merge(q: dict, c: dict, path: str, st: os.stat_result, stored: dict, summar
                 return
             checkpoint.touch(c, path, st.st_size, st.st_mtime)  # touched, not changed
         if where != "completed":
-            file_queue.move(q, path, "completed")
+            file_queue.complete(q, path)
         summary.unchanged += 1
         return
     if where == "failed":

@@ -133,7 +133,7 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
                 break
     if stop():
         code = EXIT_INTERRUPTED
-    with state.transaction(cfg, checkpoint=False) as (q, _):
+    with state.transaction(cfg) as (q, _):  # (and the checkpoint's journal folded into checkpoint.json)
         counts = file_queue.counts(q)
     summary = ", ".join(f"{n} {k}" for k, n in sorted(tally.outcomes.items())) or "none"
     print(f"worker: {tally.runs} files run ({summary}); queue: pending {counts['pending']}, "

@@ -224,3 +224,25 @@ def test_capacity_warning_before_the_embedded_index_outgrows_memory(cfg, monkeyp
     assert worker.capacity_warning(settings.load(), 550_000) is None
     monkeypatch.setenv("CHROMA_HOST", "chroma.internal")  # the server holds the index, not us
     assert worker.capacity_warning(settings.load(), 10_000_000) is None
+
+
+def test_outcomes_append_to_the_checkpoint_journal_and_reading_replays_it(cfg):
+    from ingestion import checkpoint
+
+    with state.transaction(cfg) as (_, c):
+        checkpoint.record_done(c, "/a", chunks=1)
+    with state.transaction(cfg, checkpoint="append") as (_, c):
+        checkpoint.record_done(c, "/b", chunks=2)
+        checkpoint.record_failed(c, "/c", "broken", 1)
+    journal = cfg.checkpoint_path.with_suffix(".journal")
+    assert journal.exists() and "/b" not in cfg.checkpoint_path.read_text()  # not rewritten per outcome
+    with open(journal, "ab") as f:
+        f.write(b'{"op": "done", "path": "/torn"')  # a kill while appending
+    with state.transaction(cfg, checkpoint="append") as (_, c):
+        checkpoint.record_done(c, "/d", chunks=3)  # the next outcome is not lost behind it
+    q, c = state.read(cfg)
+    assert set(c["processed_files"]) == {"/a", "/b", "/d"} and set(c["failed_files"]) == {"/c"}
+    with state.transaction(cfg) as _:  # a full transaction folds the journal in
+        pass
+    assert not journal.exists()
+    assert set(json.loads(cfg.checkpoint_path.read_text())["processed_files"]) == {"/a", "/b", "/d"}

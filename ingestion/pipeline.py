@@ -184,16 +184,39 @@ def _plan(store: Store, stored: dict[str, dict], group: list[cutting.Cut], sourc
     return todo
 
 
-def _embed_group(pool, embed, todo: list[_Record], writer: _Writer, result: Result, cfg: Config,
-                 should_stop, after_batch) -> None:
-    """Embed what a group lacks, writing vectors as they arrive (known ones first)."""
-    ready = [r for r in todo if r.vector is not None]
-    if ready:
-        writer.add(ready)
-    missing = [r for r in todo if r.vector is None]
-    sent: list[tuple[list[_Record], Future | None, list[tuple[_Record, Future, int]], int]] = []
+@dataclass
+class _Request:
+    """One embeddings request of a group: its own texts, and texts another file's request is embedding."""
+    mine: list[_Record]
+    future: Future | None
+    borrowed: list[tuple[_Record, Future, int]]
+    tokens: int
+    taken: bool = False
+
+    def take(self, result: Result, borrowed: bool = True) -> list[_Record]:
+        """Its vectors into its records (waiting for them); returns the records now complete."""
+        if self.future is not None and not self.taken:
+            for r, vector in zip(self.mine, self.future.result()):
+                r.vector = vector
+            result.embedded_tokens += self.tokens
+            result.requests += 1
+        self.taken = True
+        if not borrowed:
+            return list(self.mine)
+        for r, other, k in self.borrowed:
+            r.vector = other.result()[k]
+        return self.mine + [r for r, _, _ in self.borrowed]
+
+    def paid(self) -> bool:
+        f = self.future
+        return f is not None and f.done() and not f.cancelled() and f.exception() is None
+
+
+def _submit(pool, embed, missing: list[_Record], batch_size: int) -> list[_Request]:
+    """Send the requests; a text another file of this process is embedding right now is borrowed."""
+    sent = []
     with _EMBEDDING_LOCK:
-        for batch in _requests(missing, cfg.embed_batch_size):
+        for batch in _requests(missing, batch_size):
             mine, borrowed = [], []
             for r in batch:
                 shared = _EMBEDDING.get(r.meta["content_sha256"])
@@ -205,38 +228,36 @@ def _embed_group(pool, embed, todo: list[_Record], writer: _Writer, result: Resu
             future = pool.submit(embed, [r.text for r in mine], tokens) if mine else None
             for k, r in enumerate(mine):
                 _EMBEDDING[r.meta["content_sha256"]] = (future, k)
-            sent.append((mine, future, borrowed, tokens))
+            sent.append(_Request(mine, future, borrowed, tokens))
+    return sent
+
+
+def _embed_group(pool, embed, todo: list[_Record], writer: _Writer, result: Result, cfg: Config,
+                 should_stop, after_batch) -> None:
+    """Embed what a group lacks, writing vectors as they arrive (known ones first)."""
+    ready = [r for r in todo if r.vector is not None]
+    if ready:
+        writer.add(ready)
+    sent = _submit(pool, embed, [r for r in todo if r.vector is None], cfg.embed_batch_size)
     try:
-        for mine, future, borrowed, tokens in sent:
-            if future is not None:
-                for r, vector in zip(mine, future.result()):
-                    r.vector = vector
-                result.embedded_tokens += tokens
-                result.requests += 1
-            for r, other, k in borrowed:
-                r.vector = other.result()[k]
-            writer.add(mine + [r for r, _, _ in borrowed])
+        for request in sent:
+            writer.add(request.take(result))
             if cfg.memory_limit_mb and rss_mb() > cfg.memory_limit_mb:
                 raise OutOfMemory(f"RSS {rss_mb():.0f} MB is over MEMORY_LIMIT_MB={cfg.memory_limit_mb}")
             if should_stop():
                 raise Interrupted("stopped by a signal")
             after_batch(result)
     except BaseException:
-        for _, future, _, _ in sent:
-            if future is not None:
-                future.cancel()
-        for mine, future, borrowed, tokens in sent:  # keep whatever else was paid for
-            if future is not None and future.done() and not future.cancelled() and future.exception() is None:
-                if mine[0].vector is None:
-                    for r, vector in zip(mine, future.result()):
-                        r.vector = vector
-                    result.embedded_tokens += tokens
-                    result.requests += 1
-                    writer.waiting.extend(mine)
+        for request in sent:
+            if request.future is not None:
+                request.future.cancel()
+        for request in sent:  # keep whatever else was paid for
+            if not request.taken and request.paid():
+                writer.waiting.extend(request.take(result, borrowed=False))
         raise
     finally:
         with _EMBEDDING_LOCK:
-            for mine, future, _, _ in sent:
-                for r in mine:
-                    if _EMBEDDING.get(r.meta["content_sha256"], (None,))[0] is future:
+            for request in sent:
+                for r in request.mine:
+                    if _EMBEDDING.get(r.meta["content_sha256"], (None,))[0] is request.future:
                         del _EMBEDDING[r.meta["content_sha256"]]

@@ -109,23 +109,14 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
                                                                          max_iterations - tally.runs)
             oom_before = procinfo.oom_kills() or 0
             rc, pid, done = launcher.run(os.getpid(), budget, held, stop, cfg.grace_seconds)
-            for file_rc, file_path, why in done:
-                tally.add(outcome_name(file_rc))
-                advance(1)
-                if file_rc == EXIT_BUSY:
-                    held.add(file_path)
-                stopped_by = why or stopped_by
-            if rc != EXIT_OK:  # files it held without an outcome: it died, or stopped
-                with state.transaction(cfg, checkpoint=False) as (q, _):
-                    stuck = file_queue.held_by(q, pid)
-                for path in stuck:
-                    tally.add(_after_death(cfg, path, rc, stop, oom_seen=(procinfo.oom_kills() or 0) > oom_before))
-                    advance(1)
+            before = tally.runs
+            stopped_by = _count(cfg, tally, rc, pid, done, held, stop, oom_before) or stopped_by
+            advance(tally.runs - before)
+            if rc in (EXIT_AUTH, EXIT_CONFIG) or (rc != EXIT_OK and tally.runs == before):
+                code = rc  # a problem of the run, or a child that cannot start: stop here
+                break
             if rc == EXIT_OK and not done:
                 break  # nothing left to claim
-            if rc in (EXIT_AUTH, EXIT_CONFIG):
-                code = rc
-                break
             api_down = api_down + 1 if rc == EXIT_API_DOWN else 0
             if api_down >= 2:
                 log.error("the embeddings API failed for two files in a row; stopping this run (files requeued)")
@@ -149,6 +140,24 @@ class RunStopped(IngestionError):
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.exit_code = code
+
+
+def _count(cfg: Config, tally: Tally, rc: int, pid: int, done: list, held: set[str], stop: job.StopFlag,
+           oom_before: int) -> str:
+    """Tally what a child did: the outcomes it reported, and the files it held when it died or stopped.
+    Returns the message of a problem of the run that stopped it, if any."""
+    stopped_by = ""
+    for file_rc, file_path, why in done:
+        tally.add(outcome_name(file_rc))
+        if file_rc == EXIT_BUSY:
+            held.add(file_path)
+        stopped_by = why or stopped_by
+    if rc != EXIT_OK:
+        with state.transaction(cfg, checkpoint=False) as (q, _):
+            stuck = file_queue.held_by(q, pid)
+        for path in stuck:
+            tally.add(_after_death(cfg, path, rc, stop, oom_seen=(procinfo.oom_kills() or 0) > oom_before))
+    return stopped_by
 
 
 def _after_death(cfg: Config, path: str, rc: int, stop: job.StopFlag, oom_seen: bool) -> str:

@@ -5,7 +5,7 @@ import sys
 
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, not ingestion/
 
-from ingestion import cli, models, progress, scan, settings, status  # noqa: E402
+from ingestion import cli, file_queue, models, progress, scan, settings, status  # noqa: E402
 from ingestion.job import check_ready  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main() -> int:
             print(f"gone {path!r}")
     print(("dry run, nothing changed: would be " if args.dry_run else "") + summary.line(q))
     if args.dry_run:
-        todo = q["pending"] + q["processing"]
+        todo = file_queue.paths(q, "pending") + file_queue.paths(q, "processing")
         with progress.bar(len(todo), "counting tokens", "files") as advance:
             tokens, chunks, saved, unreadable = scan.estimate_tokens(cfg, todo, advance)
         price = models.cost(tokens, cfg.embedding_model)

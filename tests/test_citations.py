@@ -10,7 +10,7 @@ import re
 
 import tiktoken
 
-from conftest import REAL, SAMPLE_TRANSCRIPT
+from conftest import SAMPLE_TRANSCRIPT
 from test_cleanup import FURNITURE, real_speech, words
 
 ENC = tiktoken.get_encoding("cl100k_base")

@@ -8,10 +8,8 @@ traceback, the queue lists (unchanged, or files released, never failed), tokens 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import time
 
 import pytest
 

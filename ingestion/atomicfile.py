@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import orjson
 import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator
+
+import orjson
 
 from ingestion.errors import StateFileError, StoreBusy
 

@@ -49,8 +49,8 @@ def collect(cfg: Config, with_store: bool = True) -> dict:
     }
     recent = sorted(((t, d) for d in done if (t := _when(d.get("timestamp"))) is not None),
                     key=lambda pair: pair[0])[-RECENT:]
-    if len(recent) >= 2 and recent[-1][0] > recent[0][0]:
-        span = recent[-1][0] - recent[0][0]
+    if len(recent) >= 2:
+        span = max(recent[-1][0] - recent[0][0], 1.0)  # timestamps have whole seconds: files may share one
         per_hour = (len(recent) - 1) / span * 3600
         remaining = info["queue"]["pending"] + info["queue"]["processing"]
         info["throughput"] = {"files_per_hour": round(per_hour, 1),

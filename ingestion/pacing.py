@@ -12,11 +12,12 @@ is there room for it?
 
 Capacity, from whatever the answers carry:
 - `x-ratelimit-remaining-*`: the truth at the moment of that answer. Capacity becomes
-  remaining + what of ours the server had surely counted in it (attempts answered before
-  this one was sent, sent within the last minute); everything else of ours (in flight,
-  or answered meanwhile) is taken off it. Between answers, room grows only as our own
-  attempts leave the 60 s window; a new answer replaces the estimate. Others using the
-  same key show up as a lower capacity, held until `x-ratelimit-reset-*` (at most 60 s).
+  remaining + what of ours the server had counted in it (attempts sent before this one,
+  within the last minute: the server admits in arrival order); what we sent after it,
+  still in flight or answered meanwhile, is taken off it. Between answers, room grows
+  only as our own attempts leave the 60 s window (no refill is assumed); a new answer
+  replaces the estimate. Others using the same key show up as a lower capacity, held
+  until `x-ratelimit-reset-*` (at most 60 s).
 - `x-ratelimit-limit-*` alone: capacity is the limit (our log tells what is used).
 - remaining without a limit (Azure-style sets): the largest capacity seen stands in
   for the limit.
@@ -28,7 +29,7 @@ Capacity, from whatever the answers carry:
 
 Every attempt, the SDK's own retries included, passes through the pacer (httpx event
 hooks on the SDK's client), so retries after a 429 do not stampede either. The state
-is a small JSON file under an flock; a process that dies with attempts in flight
+is a small JSON file under a flock; a process that dies with attempts in flight
 leaves them to be counted as sent.
 """
 from __future__ import annotations
@@ -123,7 +124,7 @@ def limited_kinds(body: bytes) -> tuple[str, ...]:
 
 def _new_kind() -> dict:
     return {"limit": None, "learned": None, "cap": None, "cap_at": 0.0, "cap_until": 0.0,
-            "last_429": 0.0, "served_since": None}
+            "last_429": 0.0, "served_since": None, "probed_at": 0.0}
 
 
 def _new_state() -> dict:
@@ -360,12 +361,18 @@ class Pacer:
         sent = this[0]
         # ours that the server surely counted in this answer: answered before this attempt left,
         # and sent within the minute before it answered (so admitted inside its window)
-        sure = sum(_amount(e, kind) for e in state["done"]
-                   if e is this or (e[1] <= sent and e[0] > now - WINDOW))
+        window = now - WINDOW
+        sure = sum(_amount(e, kind) for e in state["done"] if e is this or (e[1] <= sent and e[0] > window))
+        counted = sure
+        if status < 400:
+            # the server admits in arrival order: what left before this attempt was counted too,
+            # even if its answer came later or is still on its way (what left after was not)
+            counted += sum(_amount(e, kind) for e in state["done"] if e[1] > sent and window < e[0] < sent)
+            counted += sum(f[2] if kind == "tokens" else 1 for f in state["flight"].values() if window < f[1] < sent)
         if limit is not None:
             k["limit"] = limit
         if remaining is not None:
-            cap = remaining + sure
+            cap = remaining + counted
             if k["limit"] is not None:
                 cap = min(cap, k["limit"])
             if now >= k["cap_at"]:
@@ -378,7 +385,9 @@ class Pacer:
             # no word on what remains: the window is full; what we surely had in it fits
             k.update(cap=sure, cap_at=now, cap_until=now + WINDOW)
             if k["limit"] is None:
-                k["learned"] = max(sure, (k["learned"] or 0) / 2, tokens if kind == "tokens" else 1)
+                # multiplicative decrease; a failed probe only takes the probe back
+                back = GROWTH if now - k.get("probed_at", 0.0) < PROBE_AFTER else 2
+                k["learned"] = max(sure, (k["learned"] or 0) / back, tokens if kind == "tokens" else 1)
             k["last_429"] = now
             k["served_since"] = None
         elif status < 400 and k["limit"] is None and k["learned"] is not None:
@@ -389,4 +398,4 @@ class Pacer:
             elif (now - k["served_since"] >= PROBE_AFTER and now - k["last_429"] >= PROBE_AFTER
                   and Pacer._used(state, kind) >= 0.8 * k["learned"]):
                 k["learned"] *= GROWTH  # served at the learned limit for a while: probe a little higher
-                k["served_since"] = now
+                k["served_since"] = k["probed_at"] = now

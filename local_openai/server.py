@@ -23,7 +23,10 @@ Control endpoints (no auth):
 - ``POST /_reset`` zeroes stats and rate windows, clears fail_next
 - ``GET /_faults`` shows, ``POST /_faults`` merges settings: latency_ms,
   latency_per_1k_tokens_ms, fault_rate, fault_statuses, fault_retry_after_ms,
-  auth_always_fail, seed, rpm, tpm, and fail_next (replaces the queue), a list
+  auth_always_fail, seed, rpm, tpm, ratelimit_headers (which x-ratelimit-*
+  headers answers carry: "all" six, the default; "limit-tokens", only
+  x-ratelimit-limit-tokens; "remaining", only the two remaining-* ones, as
+  Azure sends; "none"), and fail_next (replaces the queue), a list
   consumed one per /v1/embeddings request, of ``{"status": 429,
   "retry_after_ms": 50}``, ``{"action": "reset"}`` (drop the connection) or
   ``{"action": "hang", "seconds": 5}`` (answer late).
@@ -100,6 +103,14 @@ DEFAULT_FAULTS = {
     "fault_retry_after_ms": 200,
     "auth_always_fail": False,
     "seed": 0,
+    "ratelimit_headers": "all",
+}
+# Which x-ratelimit-* headers answers carry (ratelimit_headers); None: all six.
+RATELIMIT_HEADER_SETS = {
+    "all": None,
+    "limit-tokens": ("x-ratelimit-limit-tokens",),
+    "remaining": ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"),
+    "none": (),
 }
 
 
@@ -492,6 +503,8 @@ class ServerState:
         for name in ("rpm", "tpm", "seed"):
             if name in changes and (not isinstance(changes[name], int) or changes[name] < 0):
                 raise ValueError(f"{name} must be a non-negative integer")
+        if "ratelimit_headers" in changes and changes["ratelimit_headers"] not in RATELIMIT_HEADER_SETS:
+            raise ValueError(f"ratelimit_headers must be one of {sorted(RATELIMIT_HEADER_SETS)}")
         fail_next = _check_fail_next(changes.pop("fail_next")) if "fail_next" in changes else None
         with self.lock:
             if "rpm" in changes:
@@ -774,7 +787,9 @@ class Handler(BaseHTTPRequestHandler):
                 headers = {}
             except ApiError as e:
                 status, payload, headers = e.status, e.body(), e.headers
-            headers.update(state.limiter.headers())
+            keep = RATELIMIT_HEADER_SETS[faults["ratelimit_headers"]]
+            headers.update((name, value) for name, value in state.limiter.headers().items()
+                           if keep is None or name in keep)
             headers["x-request-id"] = "req_" + uuid.uuid4().hex
             headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
             headers["openai-organization"] = ORGANIZATION
@@ -917,6 +932,10 @@ def parse_args(argv=None):
                    help="statuses for --fault-rate, comma separated (default 500,503)")
     p.add_argument("--seed", type=int, default=int(_env("SEED", 0)),
                    help="seed for --fault-rate draws")
+    p.add_argument("--ratelimit-headers", choices=sorted(RATELIMIT_HEADER_SETS),
+                   default=_env("RATELIMIT_HEADERS", "all"),
+                   help="x-ratelimit-* headers sent: all six (default), only limit-tokens, "
+                        "only the remaining-* pair (Azure-style), or none")
     p.add_argument("--verbose", action="store_true",
                    default=_env("VERBOSE", "") not in ("", "0", "false"),
                    help="log one line per request to stderr")
@@ -935,7 +954,8 @@ def main(argv=None):
         args.host, args.port, api_key=args.api_key, rpm=args.rpm, tpm=args.tpm,
         verbose=args.verbose, latency_ms=args.latency_ms,
         latency_per_1k_tokens_ms=args.latency_per_1k_ms, fault_rate=args.fault_rate,
-        fault_statuses=args.fault_statuses, seed=args.seed)
+        fault_statuses=args.fault_statuses, seed=args.seed,
+        ratelimit_headers=args.ratelimit_headers)
     host, port = server.server_address[:2]
 
     stop = threading.Event()

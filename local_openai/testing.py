@@ -53,7 +53,8 @@ def _cli_args(options):
 
 class LocalServer:
     """A server subprocess. Options are the CLI options (api_key, rpm, tpm,
-    latency_ms, latency_per_1k_ms, fault_rate, fault_statuses, seed, verbose)."""
+    latency_ms, latency_per_1k_ms, fault_rate, fault_statuses, seed,
+    ratelimit_headers, verbose)."""
 
     def __init__(self, startup_timeout=30.0, **options):
         self.options = dict(options)
@@ -174,7 +175,8 @@ class LocalServer:
         return self._call("POST", "/_reset", {})
 
     def set_faults(self, **faults):
-        """Merge fault settings (latency_ms, fault_rate, fail_next=[...], rpm, tpm...)."""
+        """Merge fault settings (latency_ms, fault_rate, fail_next=[...], rpm, tpm,
+        ratelimit_headers="all" | "limit-tokens" | "remaining" | "none"...)."""
         return self._call("POST", "/_faults", faults)
 
     def faults(self):

@@ -1,9 +1,13 @@
 """API faults through the real SDK and the local server: the run ends as a clean one would."""
 from __future__ import annotations
 
+import random
+import threading
 import time
 
-from conftest import API_KEY, REAL, SAMPLE_TRANSCRIPT
+import pytest
+
+from conftest import API_KEY, SAMPLE_TRANSCRIPT
 
 
 def fill(project, n=4):
@@ -81,7 +85,7 @@ def test_api_400_fails_only_that_file_with_the_reason(project, api):
 def test_rate_limit_headers_pace_requests(project, api):
     """Under a tokens-per-minute limit the client paces itself from the headers: no 429 storm,
     throughput close to the limit. (Takes about a minute: the limit is per minute.)"""
-    project.add(REAL[0].name, REAL[0].read_text())  # about 60,000 tokens
+    transcript_files(project, files=1)  # about 60,000 tokens
     limit = 50_000
     api.set_faults(tpm=limit)
     started = time.monotonic()
@@ -104,3 +108,117 @@ def test_key_is_never_printed_even_when_refused(project, api):
     assert r.returncode == 5
     assert API_KEY not in r.stdout + r.stderr
     assert API_KEY not in (project.checkpoints / "file_queue.json").read_text()
+
+
+# --------------------------------------------------------------------------
+# Pacing under a tokens-per-minute limit, with whatever rate-limit headers come back
+# --------------------------------------------------------------------------
+# The local server holds what it admitted in the last 60 s against the limit (OpenAI
+# refills continuously, which is never stricter): a job of between 2 and 3 limits cannot
+# finish before 120 s after its first request, whoever sends it.
+
+
+@pytest.fixture
+def rate_limit_headers(api):
+    """Choose which x-ratelimit-* headers the shared server sends; back to all six afterwards."""
+    yield lambda which: api.set_faults(ratelimit_headers=which)
+    api.set_faults(ratelimit_headers="all")
+
+
+WORDS = ("harbour budget schedule dredging review permit tender council engineer survey contract "
+         "pier crane berth freight tide channel ferry cargo quay ledger audit vote motion").split()
+
+
+def transcript_files(project, files=4, tokens=60_000):
+    """`files` transcripts of about tokens/files tokens each, no two lines alike (nothing to reuse)."""
+    rng = random.Random(7)
+    for f in range(files):
+        lines = []
+        for i in range(tokens // files // 41):  # a line is about 41 tokens, with the overlap
+            w = rng.sample(WORDS, 4)
+            lines.append(f"[{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}] SPEAKER {i % 3}: On item {f}.{i} the {w[0]} "
+                         f"and the {w[1]} come before the {w[2]}, then the {w[3]}, at {rng.randrange(10**6)} "
+                         "units.\n")
+        project.add(f"part{f}.txt", "".join(lines))
+
+
+class TokenTimeline:
+    """Samples the server's admitted-token count while a job runs: when did how much go through."""
+
+    def __init__(self, api, every=0.25):
+        self.api, self.every, self.samples = api, every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic(), self.api.stats()["tokens"]))
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.monotonic(), self.api.stats()["tokens"]))
+
+    def first(self, tokens):
+        """When the server had admitted at least `tokens` in all."""
+        return next(t for t, n in self.samples if n >= tokens)
+
+
+def paced_job(project, api, limit):
+    """Ingest ~60,000 tokens in 4 files (a process each) under a TPM limit; returns (server stats, seconds)."""
+    transcript_files(project)
+    api.set_faults(tpm=limit)
+    started = time.monotonic()
+    # 2-chunk requests (~1,000 tokens) are a few % of these small limits, like 10 chunks of a real one
+    r = project.ingest_all(EMBED_CONCURRENCY="4", EMBED_BATCH_SIZE="2", OPENAI_MAX_RETRIES="8")
+    elapsed = time.monotonic() - started
+    assert "4 completed" in r.stdout, r.stdout + r.stderr
+    assert_clean_finish(project, api)
+    return api.stats(), elapsed
+
+
+def test_full_headers_use_the_whole_limit_without_429s(project, api):
+    """All six headers, a job of ~2.5 limits: the first window is spent as fast as the pipeline
+    goes (the server says it is free), then each minute's worth as the server's 60 s log lets
+    it go: done when the first window's tokens have left the log twice, with 0-1 x 429."""
+    limit = 24_000
+    with TokenTimeline(api) as timeline:
+        stats, elapsed = paced_job(project, api, limit)
+    assert 2.2 * limit < stats["tokens"] < 3 * limit, stats  # a job of ~2.5 limits
+    assert stats["status_counts"].get("429", 0) <= 1, stats
+    start = timeline.first(1)
+    first_window = timeline.first(0.9 * limit) - start
+    assert first_window < 30, (first_window, stats)  # not spread over the minute (~54 s at L/60 a second)
+    done = timeline.first(stats["tokens"]) - start
+    # the last third can only go once the first window's tokens left the log a second time
+    assert done < 120 + first_window + 20, (done, first_window, stats)
+
+
+@pytest.mark.parametrize("which", ["limit-tokens", "remaining"])
+def test_partial_headers_still_pace(project, api, rate_limit_headers, which):
+    """Only x-ratelimit-limit-tokens, or only the remaining-* pair (Azure-style): pacing works
+    from what is there (the limit less what our log holds; what remains less what is in
+    flight), as well as with all six headers."""
+    rate_limit_headers(which)
+    limit = 36_000
+    stats, elapsed = paced_job(project, api, limit)
+    assert 1.4 * limit < stats["tokens"] < 2 * limit, stats  # more than one window's worth
+    assert stats["status_counts"].get("429", 0) <= 1, stats
+    assert elapsed < 60 + 40, (elapsed, stats)
+
+
+def test_no_headers_learns_the_limit_from_429s(project, api, rate_limit_headers):
+    """No rate-limit headers at all, a job of ~2.5 limits: the first window fills unknowingly
+    (one 429 per request then in flight, EMBED_CONCURRENCY=4), after that the pacer knows
+    what fits in a window and holds back: no 429s at the later windows, no failed file."""
+    rate_limit_headers("none")
+    limit = 24_000
+    stats, elapsed = paced_job(project, api, limit)
+    assert 2.2 * limit < stats["tokens"] < 3 * limit, stats
+    assert stats["status_counts"].get("429", 0) <= 4 + 1, stats
+    assert elapsed < 120 + 40, (elapsed, stats)

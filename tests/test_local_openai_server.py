@@ -49,7 +49,7 @@ def srv(shared_server):
     """The shared server with clean stats, windows and default fault settings."""
     shared_server.set_faults(rpm=0, tpm=0, latency_ms=0, latency_per_1k_tokens_ms=0,
                              fault_rate=0, fault_statuses=[500, 503], seed=0,
-                             auth_always_fail=False)
+                             auth_always_fail=False, ratelimit_headers="all")
     shared_server.reset()
     return shared_server
 
@@ -268,6 +268,55 @@ def test_rpm_limit_counts_rejected_requests(srv):
     assert srv.stats()["status_counts"] == {"200": 2, "429": 2}
 
 
+RATE_LIMIT_HEADERS = {f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset")
+                      for kind in ("requests", "tokens")}
+
+
+def test_ratelimit_headers_setting_chooses_which_are_sent(srv):
+    client = client_for(srv)
+
+    def sent(raw_headers):
+        return {name for name in raw_headers if name.startswith("x-ratelimit-")}
+
+    def answer():
+        return client.embeddings.with_raw_response.create(model=SMALL, input="hello there")
+
+    assert srv.faults()["ratelimit_headers"] == "all"
+    assert sent(answer().headers) == RATE_LIMIT_HEADERS
+    srv.set_faults(ratelimit_headers="limit-tokens")
+    raw = answer()
+    assert sent(raw.headers) == {"x-ratelimit-limit-tokens"}
+    assert raw.headers["x-ratelimit-limit-tokens"] == "10000000"  # tpm unlimited
+    srv.set_faults(ratelimit_headers="remaining")
+    assert sent(answer().headers) == {"x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens"}
+    srv.set_faults(ratelimit_headers="none")
+    raw = answer()
+    assert sent(raw.headers) == set() and raw.headers["x-request-id"].startswith("req_")
+    # the limit itself still applies; a 429 still says when to come back
+    srv.reset()
+    srv.set_faults(tpm=5)
+    answer()  # 2 tokens
+    answer()  # 4
+    with pytest.raises(openai.RateLimitError) as info:
+        answer()
+    headers = info.value.response.headers
+    assert sent(headers) == set() and int(headers["retry-after-ms"]) > 0
+    assert "Limit 5, Used 4, Requested 2" in info.value.message
+    with pytest.raises(RuntimeError, match="ratelimit_headers"):
+        srv.set_faults(ratelimit_headers="some")
+    assert srv.faults()["ratelimit_headers"] == "none"  # a refused change leaves the setting alone
+    srv.set_faults(ratelimit_headers="all", tpm=0)
+    srv.reset()
+    assert sent(answer().headers) == RATE_LIMIT_HEADERS
+
+
+def test_ratelimit_headers_from_the_command_line():
+    with running_server(api_key=KEY, ratelimit_headers="limit-tokens", tpm=1234) as other:
+        raw = client_for(other).embeddings.with_raw_response.create(model=SMALL, input="hi")
+        assert {n for n in raw.headers if n.startswith("x-ratelimit-")} == {"x-ratelimit-limit-tokens"}
+        assert raw.headers["x-ratelimit-limit-tokens"] == "1234"
+
+
 # --------------------------------------------------------------------------
 # Faults
 # --------------------------------------------------------------------------
@@ -390,3 +439,4 @@ def test_help_exits_zero():
                             text=True, timeout=30)
     assert result.returncode == 0
     assert "--tpm" in result.stdout and "--fault-rate" in result.stdout
+    assert "--ratelimit-headers" in result.stdout

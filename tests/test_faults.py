@@ -49,6 +49,8 @@ def test_random_5xx_at_a_30_percent_rate(project, api):
     fill(project)
     api.set_faults(fault_rate=0.3, fault_statuses=[500, 503])
     project.ingest_all(OPENAI_MAX_RETRIES="8")
+    served = api.stats()["status_counts"]
+    assert served.get("500", 0) + served.get("503", 0) > 0, served  # the faults really happened
     assert_clean_finish(project, api)
 
 

@@ -217,8 +217,8 @@ def scripts_named() -> set[str]:
     return {name for text in texts for name in SCRIPT_CALL.findall(text)}
 
 
-def glob_match(pattern: str, path: str) -> bool:
-    """A buildFilter path pattern (glob, relative to the repository root) against a path."""
+def glob_regex(pattern: str) -> str:
+    """A path glob (`**/`, `**`, `*`, `?`) as a regular expression."""
     rx, i = "", 0
     while i < len(pattern):
         if pattern.startswith("**/", i):
@@ -231,7 +231,12 @@ def glob_match(pattern: str, path: str) -> bool:
             rx, i = rx + "[^/]", i + 1
         else:
             rx, i = rx + re.escape(pattern[i]), i + 1
-    return re.fullmatch(rx, path) is not None
+    return rx
+
+
+def glob_match(pattern: str, path: str) -> bool:
+    """A buildFilter path pattern (glob, relative to the repository root) against a path."""
+    return re.fullmatch(glob_regex(pattern), path) is not None
 
 
 def rebuilds_for(svc: dict, path: str) -> bool:
@@ -272,20 +277,7 @@ def dockerignored(path: str) -> bool:
         if line and not line.startswith("#"):
             negate = line.startswith("!")
             pattern = line.lstrip("!").strip().strip("/")
-            rx = ""
-            i = 0
-            while i < len(pattern):
-                if pattern.startswith("**/", i):
-                    rx, i = rx + "(?:.*/)?", i + 3
-                elif pattern.startswith("**", i):
-                    rx, i = rx + ".*", i + 2
-                elif pattern[i] == "*":
-                    rx, i = rx + "[^/]*", i + 1
-                elif pattern[i] == "?":
-                    rx, i = rx + "[^/]", i + 1
-                else:
-                    rx, i = rx + re.escape(pattern[i]), i + 1
-            patterns.append((negate, re.compile(rx + "$")))
+            patterns.append((negate, re.compile(glob_regex(pattern) + "$")))
     parts = path.split("/")
     candidates = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
     ignored = False

@@ -30,7 +30,7 @@ import time
 from typing import Callable, Iterator
 
 from ingestion import models
-from ingestion.errors import ConfigError, StoreBusy, StoreError, StoreMismatch
+from ingestion.errors import StoreBusy, StoreError, StoreMismatch
 from ingestion.hashing import source_key
 from ingestion.procinfo import pid_alive
 from ingestion.settings import Config
@@ -46,19 +46,14 @@ OUR_ID = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}")
 
 def wanted_record(cfg: Config) -> dict:
     """How this run would make the collection: what its record must say."""
-    from ingestion import chunking
-    try:
-        from ingestion import cleanup
-        cleanup_version = cleanup.CLEANUP_VERSION
-    except ImportError:  # TEMP until cleanup lands
-        cleanup_version = 1
+    from ingestion import chunking, cleanup
 
     return {"made_by": MADE_BY, "embedding_model": cfg.embedding_model,
             "embedding_dimensions": models.dimensions(cfg.embedding_model, cfg.embedding_dimensions) or 0,
             "distance": "cosine", "tokenizer": models.TOKENIZER, "chunk_max_tokens": cfg.chunk_max_tokens,
-            "chunk_overlap_tokens": cfg.chunk_overlap_tokens, "chunker_version": getattr(chunking, "CHUNKER_VERSION", 1),
+            "chunk_overlap_tokens": cfg.chunk_overlap_tokens, "chunker_version": chunking.CHUNKER_VERSION,
             "text_cleanup": cfg.text_cleanup,
-            "cleanup_version": cleanup_version if cfg.text_cleanup == "auto" else 0}
+            "cleanup_version": cleanup.CLEANUP_VERSION if cfg.text_cleanup == "auto" else 0}
 
 
 RECORD_SETTING = {"embedding_model": "EMBEDDING_MODEL", "embedding_dimensions": "EMBEDDING_DIMENSIONS",
@@ -455,5 +450,3 @@ def check_store(cfg: Config, mode: str = "write") -> None:
     with Store(cfg, check=mode, create=False):
         pass
 
-
-__all__ = ["Store", "StoreError", "ConfigError", "check_store", "wanted_record", "PAGE"]

@@ -6,7 +6,8 @@ server stands in for ``POST /v1/embeddings``: same request and response
 shapes, same validation limits and error bodies, rate limiting with the real
 headers, and injectable faults (latency, 5xx/429, dropped connections, hangs)
 so that retry and throttling code can be exercised with the real ``openai``
-SDK.
+SDK. ``GET /v1/models`` and ``GET /v1/models/{model}`` answer for the
+embedding models it knows, with the same auth and 404 ``model_not_found``.
 
 Vectors are deterministic "hashed words": texts that share words are close in
 cosine distance, the same text always gives the same vector.
@@ -19,7 +20,9 @@ Control endpoints (no auth):
 
 - ``GET /health`` -> "ok"
 - ``GET /_stats`` -> requests, ok_requests, tokens, inputs, status_counts,
-  max_concurrent, in_flight, connection_resets
+  max_concurrent, in_flight, connection_resets, model_requests (requests,
+  ok_requests, tokens, inputs, in_flight count /v1/embeddings only; model
+  lookups count in model_requests and status_counts)
 - ``POST /_reset`` zeroes stats and rate windows, clears fail_next
 - ``GET /_faults`` shows, ``POST /_faults`` merges settings: latency_ms,
   latency_per_1k_tokens_ms, fault_rate, fault_statuses, fault_retry_after_ms,
@@ -33,6 +36,8 @@ Control endpoints (no auth):
 
 Order of checks per request: fail_next, base latency, auth, validation
 (400/404), rate limits (429), fault_rate draw, per-token latency, answer.
+Model lookups only check auth (auth_always_fail included): no faults, latency
+or rate limits.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 import uuid
 from array import array
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,6 +69,12 @@ MODELS = {
     "text-embedding-ada-002": 1536,
 }
 FIXED_DIMENSION_MODELS = {"text-embedding-ada-002"}
+# (created, owned_by) as GET /v1/models answers for each model.
+MODEL_INFO = {
+    "text-embedding-3-small": (1705948997, "system"),
+    "text-embedding-3-large": (1705953180, "system"),
+    "text-embedding-ada-002": (1671217299, "openai-internal"),
+}
 
 MAX_INPUTS = 2048
 MAX_INPUT_TOKENS = 8192
@@ -152,6 +164,19 @@ def invalid_key_error(key):
         "https://platform.openai.com/account/api-keys.",
         code="invalid_api_key",
     )
+
+
+def model_not_found(model):
+    return ApiError(404, f"The model `{model}` does not exist or you do not have access "
+                         "to it.", code="model_not_found")
+
+
+def model_object(model):
+    """A model as GET /v1/models answers it, or the API's 404 for an unknown one."""
+    if model not in MODELS:
+        raise model_not_found(model)
+    created, owned_by = MODEL_INFO[model]
+    return {"id": model, "object": "model", "created": created, "owned_by": owned_by}
 
 
 def format_duration(seconds):
@@ -478,7 +503,8 @@ class ServerState:
             in_flight = getattr(self, "stats", {}).get("in_flight", 0)
             self.stats = {"requests": 0, "ok_requests": 0, "tokens": 0, "inputs": 0,
                           "status_counts": {}, "max_concurrent": in_flight,
-                          "in_flight": in_flight, "connection_resets": 0}
+                          "in_flight": in_flight, "connection_resets": 0,
+                          "model_requests": 0}
         self.limiter.reset()
 
     def update_faults(self, changes):
@@ -543,12 +569,21 @@ class ServerState:
             if status == "reset":
                 s["connection_resets"] += 1
                 return
-            key = str(status)
-            s["status_counts"][key] = s["status_counts"].get(key, 0) + 1
+            self._count_status(status)
             if status == 200:
                 s["ok_requests"] += 1
                 s["tokens"] += tokens
                 s["inputs"] += inputs
+
+    def count_model_request(self, status):
+        """Count a /v1/models request: its status only, no embeddings figures."""
+        with self.lock:
+            self.stats["model_requests"] += 1
+            self._count_status(status)
+
+    def _count_status(self, status):
+        counts = self.stats["status_counts"]
+        counts[str(status)] = counts.get(str(status), 0) + 1
 
     def snapshot(self):
         with self.lock:
@@ -596,8 +631,7 @@ def validate_request(body):
     if not model:
         raise ApiError(400, "you must provide a model parameter")
     if not isinstance(model, str) or model not in MODELS:
-        raise ApiError(404, f"The model `{model}` does not exist or you do not have access "
-                            "to it.", code="model_not_found")
+        raise model_not_found(model)
     if "input" not in body:
         raise ApiError(400, "'input' is a required property")
     items = parse_inputs(body["input"])
@@ -739,6 +773,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, state.snapshot())
         elif path == "/_faults":
             self._send(200, state.settings())
+        elif path == "/v1/models" or (path.startswith("/v1/models/") and path != "/v1/models/"):
+            self._models(path)
         else:
             self._not_found()
         self._log(self._status, started)
@@ -790,13 +826,33 @@ class Handler(BaseHTTPRequestHandler):
             keep = RATELIMIT_HEADER_SETS[faults["ratelimit_headers"]]
             headers.update((name, value) for name, value in state.limiter.headers().items()
                            if keep is None or name in keep)
-            headers["x-request-id"] = "req_" + uuid.uuid4().hex
-            headers["openai-processing-ms"] = str(int((time.monotonic() - started) * 1000))
-            headers["openai-organization"] = ORGANIZATION
+            headers.update(self._api_headers(started))
             self._send(status, payload, headers)
         finally:
             state.end_request(status, tokens, inputs)
             self._log(status, started, f" inputs={inputs} tokens={tokens}")
+
+    def _api_headers(self, started):
+        return {"x-request-id": "req_" + uuid.uuid4().hex,
+                "openai-processing-ms": str(int((time.monotonic() - started) * 1000)),
+                "openai-organization": ORGANIZATION}
+
+    def _models(self, path):
+        """GET /v1/models or /v1/models/{model}: auth only, no faults or limits."""
+        started = time.monotonic()
+        state = self.server.state
+        try:
+            self._check_auth(state.settings())
+            if path == "/v1/models":
+                payload = {"object": "list", "data": [model_object(m) for m in MODELS]}
+            else:
+                payload = model_object(urllib.parse.unquote(path[len("/v1/models/"):]))
+            status = 200
+        except ApiError as e:
+            status, payload = e.status, e.body()
+        # Counted before answering, so a client reading /_stats next sees it.
+        state.count_model_request(status)
+        self._send(status, payload, self._api_headers(started))
 
     def _embed(self, raw, seq, fault, faults):
         """Process one embeddings request; returns (payload, tokens, inputs) or raises."""

@@ -217,6 +217,90 @@ def test_plain_http_errors(srv):
 
 
 # --------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------
+
+EMBEDDING_MODELS = {SMALL, "text-embedding-3-large", "text-embedding-ada-002"}
+
+
+def test_models_list_and_retrieve(srv):
+    client = client_for(srv)
+    listed = list(client.models.list())
+    assert {m.id for m in listed} == EMBEDDING_MODELS
+    assert all(m.object == "model" and isinstance(m.created, int) and m.owned_by
+               for m in listed)
+    raw = client.models.with_raw_response.retrieve(SMALL)
+    assert raw.headers["x-request-id"].startswith("req_")
+    model = raw.parse()
+    assert (model.id, model.object, model.owned_by) == (SMALL, "model", "system")
+    assert model.created == next(m.created for m in listed if m.id == SMALL)
+    stats = srv.stats()
+    assert stats["status_counts"] == {"200": 2} and stats["model_requests"] == 2
+    # Not embeddings: no requests, tokens or inputs counted.
+    assert stats["requests"] == stats["ok_requests"] == stats["tokens"] == stats["inputs"] == 0
+
+
+def test_unknown_model_retrieve_is_404_like_embeddings(srv):
+    client = client_for(srv)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("text-embedding-4-huge")
+    err = info.value
+    assert err.status_code == 404 and err.code == "model_not_found"
+    assert err.body == {"message": "The model `text-embedding-4-huge` does not exist or you "
+                                   "do not have access to it.",
+                        "type": "invalid_request_error", "param": None,
+                        "code": "model_not_found"}
+    with pytest.raises(openai.NotFoundError) as from_embeddings:
+        client.embeddings.create(model="text-embedding-4-huge", input="hi")
+    assert from_embeddings.value.body == err.body
+    stats = srv.stats()
+    assert stats["status_counts"] == {"404": 2} and stats["model_requests"] == 1
+
+
+def test_models_need_the_key(srv):
+    wrong = "sk-wrong-9876543210zyxwvutsWXYZ"
+    client = openai.OpenAI(api_key=wrong, base_url=srv.base_url, max_retries=0)
+    for call in (client.models.list, lambda: client.models.retrieve(SMALL)):
+        with pytest.raises(openai.AuthenticationError) as info:
+            call()
+        err = info.value
+        assert err.status_code == 401 and err.code == "invalid_api_key"
+        assert "Incorrect API key provided: sk-" in err.message and "WXYZ." in err.message
+        assert wrong not in err.response.text and wrong[3:-4] not in err.response.text
+    # No Authorization header at all: the missing-key 401 (before any model lookup).
+    req = urllib.request.Request(srv.base_url + "/models/no-such-model")
+    with pytest.raises(urllib.error.HTTPError) as http:
+        urllib.request.urlopen(req, timeout=5)
+    assert http.value.code == 401
+    assert "You didn't provide an API key" in json.loads(http.value.read())["error"]["message"]
+    srv.set_faults(auth_always_fail=True)
+    with pytest.raises(openai.AuthenticationError):
+        client_for(srv).models.retrieve(SMALL)
+    stats = srv.stats()
+    assert stats["status_counts"] == {"401": 4} and stats["model_requests"] == 4
+    assert stats["requests"] == 0
+
+
+def test_models_skip_faults_latency_and_rate_limits(srv):
+    srv.set_faults(tpm=1, rpm=1, latency_ms=3000, fault_rate=1.0,
+                   fail_next=[{"status": 500}])
+    client = client_for(srv)
+    started = time.monotonic()
+    for _ in range(3):
+        assert client.models.retrieve(SMALL).id == SMALL
+    assert {m.id for m in client.models.list()} == EMBEDDING_MODELS
+    assert time.monotonic() - started < 2
+    assert srv.faults()["fail_next"] == [{"status": 500}]  # left for /v1/embeddings
+    stats = srv.stats()
+    assert stats["status_counts"] == {"200": 4} and stats["requests"] == 0
+    # They took nothing from the embeddings rate windows either.
+    srv.set_faults(latency_ms=0, fault_rate=0, rpm=0, tpm=1000, fail_next=[])
+    raw = client.embeddings.with_raw_response.create(model=SMALL, input="hello there")
+    assert raw.headers["x-ratelimit-remaining-requests"] == "9999"
+    assert raw.headers["x-ratelimit-remaining-tokens"] == str(1000 - ntokens("hello there"))
+
+
+# --------------------------------------------------------------------------
 # Rate limits
 # --------------------------------------------------------------------------
 

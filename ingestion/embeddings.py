@@ -54,6 +54,27 @@ class Embedder:
             vectors[item.index] = list(item.embedding)
         return vectors
 
+    def check_access(self) -> None:
+        """Before any file is claimed: is the key accepted, does the model exist? One free request
+        (GET /v1/models/MODEL). Only clear answers stop the run (401; 404 model_not_found; no
+        connection); anything else (a gateway without that route, a key not allowed to list
+        models, a 5xx) is left for the first embeddings request to tell."""
+        try:
+            self.client.with_options(max_retries=1).models.retrieve(self.model)
+        except openai.AuthenticationError as e:
+            raise AuthFailed(f"the embeddings API refused the key (HTTP {e.status_code}): "
+                             "check OPENAI_API_KEY (and OPENAI_BASE_URL)") from None
+        except openai.NotFoundError as e:
+            if e.code == "model_not_found":
+                raise ConfigError(f"the embeddings API does not know the model {self.model!r}: "
+                                  "check EMBEDDING_MODEL") from None
+        except openai.APIConnectionError as e:
+            kind = "timed out" if isinstance(e, openai.APITimeoutError) else "could not be reached"
+            raise ApiUnavailable(f"the embeddings API {kind} ({self.client.base_url}); nothing was claimed") \
+                from None
+        except openai.APIError:
+            pass
+
     def _call(self, texts: list[str]):
         """One request (the SDK retries it); the SDK's errors become ours."""
         extra = {"dimensions": self.dimensions} if self.dimensions else {}

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Callable
 
 from ingestion import cutting, file_queue, outcomes, paths, scan, splitter, state, textfile
-from ingestion.embeddings import Embedder
 from ingestion.errors import (EXIT_API_DOWN, EXIT_BUG, EXIT_BUSY, EXIT_FILE_FAILED, EXIT_MEMORY, EXIT_OK,
                               ApiRejected, ApiUnavailable, ConfigError, FileRejected, HeldElsewhere, IngestionError,
                               OutOfMemory, StateFileError)
@@ -52,8 +51,9 @@ class StopFlag:
         return self.signal is not None
 
 
-def check_ready(cfg: Config, need_key: bool = True, store: str | None = "write") -> None:
-    """Fail fast, before touching the queue or paying a token, when the run cannot work."""
+def check_ready(cfg: Config, need_key: bool = True, store: str | None = "write", api: bool = True) -> None:
+    """Fail fast, before touching the queue or paying a token, when the run cannot work.
+    api: with need_key, ask the API whether it takes the key and knows the model (check_api)."""
     if not cfg.transcripts_dir.is_dir():
         raise ConfigError(f"TRANSCRIPTS_DIR {cfg.transcripts_dir} is not a folder: set TRANSCRIPTS_DIR "
                           "to the folder holding the transcripts")
@@ -62,17 +62,29 @@ def check_ready(cfg: Config, need_key: bool = True, store: str | None = "write")
     from ingestion.chunking import encoding
     encoding()  # the tokenizer file must be there before a file is claimed
     state.read(cfg)  # state files usable (CHECKPOINT_DIR a folder, files readable)
+    if need_key and api:
+        check_api(cfg)
     if store:
         check_store(cfg, store)
 
 
+def check_api(cfg: Config) -> None:
+    """The key accepted and the model known, asked of the API at no cost (Embedder.check_access)."""
+    from ingestion.embeddings import Embedder
+
+    Embedder(cfg).check_access()
+
+
 # ---- a worker's child ------------------------------------------------------------------
 def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFlag,
-         report: Callable[[int, str, str], None]) -> int:
-    """Claim and ingest up to `budget` files, FILE_CONCURRENCY at a time, in this process with one open
-    store, until the queue is empty, a problem of the run, a signal, or RSS passes CHILD_MAX_RSS_MB.
+         report: Callable[[int, str, str], None], link=None) -> int:
+    """Claim and ingest up to `budget` files (FILE_CONCURRENCY at a time when there are several) in this
+    process, until the queue is empty, a problem of the run, a signal, or RSS passes CHILD_MAX_RSS_MB.
+    link: the worker's store (store_link.StoreLink); without it this process opens the store.
     report(code, path, why) is called for each file (why: the message of a problem of the run that
     released it); returns the code that ended the work (0: none)."""
+    from ingestion.embeddings import Embedder  # not imported by the worker itself: it never embeds
+
     embedder = Embedder(cfg)
     in_shard = paths.shard_filter(cfg)
     accept = lambda p: in_shard(p) and p not in held  # noqa: E731
@@ -105,7 +117,7 @@ def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFla
                 with lock:  # this child's memory, or the API: let the worker decide what comes next
                     ending[0] = ending[0] or code
 
-    with Store(cfg) as store:
+    with link or Store(cfg) as store:
         threads = [threading.Thread(target=loop) for _ in range(max(1, min(cfg.file_concurrency, budget)))]
         for t in threads:
             t.start()
@@ -117,6 +129,8 @@ def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFla
 # ---- ingest_one_file.py alone ----------------------------------------------------------------
 def ingest_path(cfg: Config, path: str | None, stop: StopFlag) -> int:
     """Claim PATH (or the first pending file) for this process, ingest it, record its fate."""
+    from ingestion.embeddings import Embedder
+
     check_ready(cfg)
     embedder = Embedder(cfg)
     scan.ensure_queue(cfg)
@@ -155,7 +169,7 @@ class Claimed:
         return cls(path, original, file_queue.details(q, original).get("sha256") if original != path else None)
 
 
-def ingest_claimed(cfg: Config, claimed: Claimed, store: Store, embedder: Embedder, stop: StopFlag) -> int:
+def ingest_claimed(cfg: Config, claimed: Claimed, store: Store, embedder, stop: StopFlag) -> int:
     """Ingest a file this process claimed and record its outcome; returns its exit code.
 
     A problem of the run (store, key, settings, state files, a signal) releases the file

@@ -238,7 +238,10 @@ def _embed_group(pool, embed, todo: list[_Record], writer: _Writer, result: Resu
     ready = [r for r in todo if r.vector is not None]
     if ready:
         writer.add(ready)
-    sent = _submit(pool, embed, [r for r in todo if r.vector is None], cfg.embed_batch_size)
+    missing = [r for r in todo if r.vector is None]
+    # spread over the requests in flight: 44 chunks, 4 at a time, go as 4 x 11 (one round), not 4 x 10 + 4
+    per_request = max(1, min(cfg.embed_batch_size, -(-len(missing) // cfg.embed_concurrency)))
+    sent = _submit(pool, embed, missing, per_request)
     try:
         for request in sent:
             writer.add(request.take(result))

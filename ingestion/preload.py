@@ -1,22 +1,22 @@
 """Imported once by the worker's fork server, so that each child starts with it all loaded.
 
 A child forked from the server costs a fork instead of ~2.5 s of imports. Nothing
-here may open a Chroma client, a socket or a thread: the server only forks. Besides the
-packages, the modules they import lazily on first use (a Chroma client's backend, the
-HTTP stack of the openai client) are imported here, and the tokenizer's tables read.
+here may open a socket or a thread: the server only forks. Children do not open Chroma
+(they use the worker's store, see store_link), so chromadb is not imported here. Besides
+the packages, the modules they import lazily on first use (the HTTP stack of the openai
+client) are imported here, and the tokenizer's tables read.
 """
 import importlib
 
-import chromadb  # noqa: F401
 import openai  # noqa: F401
 
 from ingestion import job  # noqa: F401  (and with it the whole pipeline)
+from ingestion import embeddings, store_link  # noqa: F401
 from ingestion.chunking import encoding
 from ingestion.embeddings import tls_context
 
-LAZY = ["chromadb.api.rust", "chromadb.telemetry.product.posthog", "chromadb_rust_bindings",
-        "openai.resources.embeddings", "openai.lib._parsing._embeddings", "httpcore2", "h11",
-        "anyio.streams.tls", "truststore"]
+LAZY = ["openai.resources.embeddings", "openai.lib._parsing._embeddings", "httpcore2", "h11",
+        "anyio.streams.tls", "truststore", "numpy", "dotenv", "ctypes", "encodings.idna", "ingestion.cleanup"]
 
 for name in LAZY:
     try:

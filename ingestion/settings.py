@@ -60,12 +60,14 @@ SETTINGS = [
     Setting("CHUNK_OVERLAP_TOKENS", "50", "tokens of the previous chunk repeated at the start of the next", _CUT),
     Setting("TEXT_CLEANUP", "auto", "auto: strip page furniture and word indexes of paginated transcripts, "
             "add page:line; off: read every file as it is", _CUT),
-    Setting("EMBED_BATCH_SIZE", "10", "chunks per embeddings request (at most 2048)", "iw"),
+    Setting("EMBED_BATCH_SIZE", "16", "chunks per embeddings request at most (a file's chunks are spread evenly "
+            "over EMBED_CONCURRENCY requests; at most 2048)", "iw"),
     Setting("EMBED_CONCURRENCY", "4", "embeddings requests in flight at once", "iw"),
     Setting("MAX_ITERATIONS", "1", "files per worker run; 0 means until the queue is empty", "w"),
     Setting("FILES_PER_CHILD", "1",
             "files one worker subprocess takes before it is replaced (1: a fresh process per file)", "w"),
-    Setting("FILE_CONCURRENCY", "2", "files a worker subprocess ingests at once (FILES_PER_CHILD > 1)", "w"),
+    Setting("FILE_CONCURRENCY", "4", "files the worker ingests at once: that many subprocesses side by side "
+            "(threads of one subprocess when FILES_PER_CHILD > 1)", "w"),
     Setting("CHILD_MAX_RSS_MB", "1500",
             "a worker subprocess above this RSS takes no further file (FILES_PER_CHILD > 1)", "w"),
     Setting("WORKER_SHARD", None, "i/N: this worker takes only the files whose path hash falls in shard i of N",

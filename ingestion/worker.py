@@ -95,43 +95,106 @@ def prepare(cfg: Config) -> int:
 
 
 def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
-    job.check_ready(cfg)
+    from ingestion.store import check_store
+
+    job.check_ready(cfg, store=None, api=False)
+    fork = "forkserver" in multiprocessing.get_all_start_methods()
+    launcher = ForkLauncher(cfg, start=_work_waiting(cfg)) if fork else SubprocessLauncher()
+    job.check_api(cfg)  # (these two while the fork server imports the pipeline)
+    check_store(cfg)
     pending = prepare(cfg)
-    launcher = ForkLauncher(cfg) if "forkserver" in multiprocessing.get_all_start_methods() else SubprocessLauncher()
-    held: set[str] = set()  # files another worker holds: not again in this run
-    tally = Tally()
-    code = EXIT_OK
-    api_down = 0
-    stopped_by = ""  # the message of a problem of the run that stopped a child
-    with progress.bar(min(pending, max_iterations or pending), "files", "files") as advance:
-        while (max_iterations == 0 or tally.runs < max_iterations) and not stop():
-            budget = cfg.files_per_child if max_iterations == 0 else min(cfg.files_per_child,
-                                                                         max_iterations - tally.runs)
-            oom_before = procinfo.oom_kills() or 0
-            rc, pid, done = launcher.run(os.getpid(), budget, held, stop, cfg.grace_seconds)
-            before = tally.runs
-            stopped_by = _count(cfg, tally, rc, pid, done, held, stop, oom_before) or stopped_by
-            advance(tally.runs - before)
-            if rc in (EXIT_AUTH, EXIT_CONFIG) or (rc != EXIT_OK and tally.runs == before):
-                code = rc  # a problem of the run, or a child that cannot start: stop here
-                break
-            if rc == EXIT_OK and not done:
-                break  # nothing left to claim
-            api_down = api_down + 1 if rc == EXIT_API_DOWN else 0
-            if api_down >= 2:
-                log.error("the embeddings API failed for two files in a row; stopping this run (files requeued)")
-                code = EXIT_API_DOWN
-                break
-    if stop():
-        code = EXIT_INTERRUPTED
+    todo = min(pending, max_iterations or pending)
+    # FILE_CONCURRENCY files at once: side by side children (sharing the worker's store) when each
+    # takes one file; within one child otherwise (job.work)
+    lanes = cfg.file_concurrency if cfg.files_per_child == 1 and launcher.shares_store else 1
+    lanes = min(lanes, todo)  # none when nothing is pending
+    r = _Run(cfg, max_iterations, stop)
+    with progress.bar(todo, "files", "files") as advance, launcher:
+        r.advance = advance
+        threads = [threading.Thread(target=_lane, args=(r, launcher), name=f"lane-{n}") for n in range(lanes)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    code = EXIT_INTERRUPTED if stop() else r.code
     with state.transaction(cfg) as (q, _):  # (and the checkpoint's journal folded into checkpoint.json)
         counts = file_queue.counts(q)
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(tally.outcomes.items())) or "none"
-    print(f"worker: {tally.runs} files run ({summary}); queue: pending {counts['pending']}, "
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(r.tally.outcomes.items())) or "none"
+    print(f"worker: {r.tally.runs} files run ({summary}); queue: pending {counts['pending']}, "
           f"processing {counts['processing']}, completed {counts['completed']}, failed {counts['failed']}")
-    if code in (EXIT_AUTH, EXIT_CONFIG) and stopped_by:
-        raise RunStopped(stopped_by, code)
+    if code in (EXIT_AUTH, EXIT_CONFIG) and r.stopped_by:
+        raise RunStopped(r.stopped_by, code)
     return code
+
+
+def _work_waiting(cfg: Config) -> bool:
+    """A first look: will this run have files to ingest (no queue yet, or files pending or in processing)?"""
+    if not cfg.queue_path.exists():
+        return True
+    counts = file_queue.counts(file_queue.load(cfg.queue_path)[0])
+    return bool(counts["pending"] or counts["processing"])
+
+
+@dataclass
+class _Run:
+    """What the worker's lanes share: the tally, the files given out, and why the run ends."""
+    cfg: Config
+    max_iterations: int
+    stop: job.StopFlag
+    tally: Tally = field(default_factory=Tally)
+    held: set[str] = field(default_factory=set)  # files another worker holds: not again in this run
+    code: int = EXIT_OK
+    halted: bool = False
+    api_down: int = 0
+    stopped_by: str = ""  # the message of a problem of the run that stopped a child
+    given: int = 0        # files run, plus what running children may still take
+    advance: object = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def budget(self) -> int:
+        """Files the next child may take (0: this lane is done)."""
+        with self.lock:
+            if self.halted or self.stop():
+                return 0
+            n = self.cfg.files_per_child if self.max_iterations == 0 else \
+                max(0, min(self.cfg.files_per_child, self.max_iterations - self.given))
+            self.given += n
+            return n
+
+    def halt(self, code: int) -> None:
+        self.code = self.code or code
+        self.halted = True
+
+
+def _lane(r: _Run, launcher) -> None:
+    """Children one after another, until the queue is empty or the run ends."""
+    while budget := r.budget():
+        oom_before = procinfo.oom_kills() or 0
+        with r.lock:
+            held = set(r.held)
+        try:
+            rc, pid, done = launcher.run(os.getpid(), budget, held, r.stop, r.cfg.grace_seconds)
+        except IngestionError as e:  # the worker's store cannot be opened: nothing was claimed
+            with r.lock:
+                r.stopped_by = str(e)
+                r.halt(e.exit_code)
+            return
+        with r.lock:
+            before = r.tally.runs
+            r.stopped_by = _count(r.cfg, r.tally, rc, pid, done, r.held, r.stop, oom_before) or r.stopped_by
+            ran = r.tally.runs - before
+            r.given += ran - budget
+            r.advance(ran)
+            if rc in (EXIT_AUTH, EXIT_CONFIG) or (rc != EXIT_OK and ran == 0):
+                r.halt(rc)  # a problem of the run, or a child that cannot start: stop here
+                return
+            if rc == EXIT_OK and not done:
+                return  # nothing left to claim
+            r.api_down = r.api_down + 1 if rc == EXIT_API_DOWN else 0
+            if r.api_down >= 2 and not r.halted:
+                log.error("the embeddings API failed for two files in a row; stopping this run (files requeued)")
+                r.halt(EXIT_API_DOWN)
+                return
 
 
 class RunStopped(IngestionError):
@@ -172,16 +235,16 @@ def _after_death(cfg: Config, path: str, rc: int, stop: job.StopFlag, oom_seen: 
 
 
 # ---- starting children ---------------------------------------------------------------------------
-def child_main(owner_pid: int, budget: int, held: list[str], report) -> int:
+def child_main(owner_pid: int, budget: int, held: list[str], report, link=None) -> int:
     """What a child runs: its own session (a terminal's Ctrl-C goes to the worker, which forwards it),
-    then job.work. report(code, path, why) tells the worker each file's outcome."""
+    then job.work. report(code, path, why) tells the worker each file's outcome; link: the worker's store."""
     from ingestion import cli, settings
 
     os.setsid()
     cli.setup_logging()
     stop = job.StopFlag().install()
     try:
-        return job.work(settings.load(), owner_pid, budget, set(held), stop, report)
+        return job.work(settings.load(), owner_pid, budget, set(held), stop, report, link)
     except IngestionError as e:
         print(f"error: {cli.redact(str(e))}", file=sys.stderr)
         return e.exit_code
@@ -190,8 +253,10 @@ def child_main(owner_pid: int, budget: int, held: list[str], report) -> int:
         return EXIT_BUG
 
 
-def _fork_child(owner_pid: int, budget: int, held: list[str], conn) -> None:
-    code = child_main(owner_pid, budget, held, lambda c, p, w: conn.send((c, p, w)))
+def _fork_child(owner_pid: int, budget: int, held: list[str], conn, store_conn) -> None:
+    from ingestion.store_link import StoreLink
+
+    code = child_main(owner_pid, budget, held, lambda c, p, w: conn.send((c, p, w)), StoreLink(store_conn))
     conn.close()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -211,31 +276,70 @@ def _supervise(pid: int, alive, signal_child, stop: job.StopFlag, grace: float) 
 
 class ForkLauncher:
     """Children forked from a fork server that preloaded the pipeline (no Chroma client, socket or
-    thread exists in the server)."""
+    thread exists in the server). The worker opens the store once and lends it to every child
+    (store_link), so children run side by side and none of them opens Chroma."""
 
-    def __init__(self, cfg: Config):
+    shares_store = True
+
+    def __init__(self, cfg: Config, start: bool = True):
+        from multiprocessing import forkserver
+
         from ingestion.settings import PROJECT_ROOT
 
+        self.cfg = cfg
+        self.store = None
+        self.store_lock = threading.Lock()
         # the server is a new interpreter that takes no sys.path from us before preloading: give it ours
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["ingestion.preload"])
+        if start:  # now, so that it imports the pipeline while this process checks the store
+            forkserver.ensure_running()
+
+    def __enter__(self) -> "ForkLauncher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _shared_store(self):
+        from ingestion.store import Store
+
+        with self.store_lock:
+            if self.store is None:
+                self.store = Store(self.cfg)
+            return self.store
 
     def run(self, owner_pid: int, budget: int, held: set[str], stop: job.StopFlag, grace: float):
+        from ingestion import store_link
+
+        store = self._shared_store()
         reader, writer = self.ctx.Pipe(duplex=False)
-        child = self.ctx.Process(target=_fork_child, args=(owner_pid, budget, sorted(held), writer), daemon=False)
+        mine, theirs = self.ctx.Pipe(duplex=True)
+        child = self.ctx.Process(target=_fork_child, args=(owner_pid, budget, sorted(held), writer, theirs),
+                                 daemon=False)
         child.start()
         writer.close()
+        theirs.close()
+        server = threading.Thread(target=store_link.serve, args=(store, mine, self.store_lock), daemon=True)
+        server.start()
         done: list[tuple[int, str, str]] = []
+        ended = [False]
 
         def alive(timeout: float) -> bool:
-            while reader.poll(timeout):
-                try:
-                    done.append(reader.recv())
-                except EOFError:
-                    break
-                timeout = 0
+            if not ended[0]:
+                while reader.poll(timeout):
+                    try:
+                        done.append(reader.recv())
+                    except EOFError:
+                        ended[0] = True
+                        break
+                    timeout = 0
+            if ended[0]:  # the child closed its pipe: wait for its exit
+                child.join(timeout)
             return child.exitcode is None
 
         def signal_child(sig: int) -> None:
@@ -246,20 +350,31 @@ class ForkLauncher:
 
         _supervise(child.pid, alive, signal_child, stop, grace)
         child.join()
-        while reader.poll(0):
+        while not ended[0] and reader.poll(0):
             try:
                 done.append(reader.recv())
             except EOFError:
                 break
         reader.close()
+        server.join(self.cfg.chroma_timeout + 10)  # what the child sent is written before its fate is decided
+        mine.close()
         return child.exitcode, child.pid, done
 
 
 class SubprocessLauncher:
-    """Where the platform cannot fork: each child a fresh `ingest_one_file.py` process."""
+    """Where the platform cannot fork: each child a fresh `ingest_one_file.py` process that opens the
+    store itself (so one child at a time)."""
+
+    shares_store = False
 
     def __init__(self):
         log.info("this platform has no fork server: each child is a new Python process (slower start)")
+
+    def __enter__(self) -> "SubprocessLauncher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
 
     def run(self, owner_pid: int, budget: int, held: set[str], stop: job.StopFlag, grace: float):
         cmd = [sys.executable, str(INGEST_SCRIPT), "--child", str(owner_pid), "--budget", str(budget),

@@ -117,13 +117,19 @@ def test_a_mistyped_model_leaves_nothing_behind(project, api):
     two_files(project)
     r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", EMBEDDING_MODEL="text-embedding-3-smal")
     line = one_line_error(r)
-    assert "text-embedding-3-smal" in line
+    assert "text-embedding-3-smal" in line and "EMBEDDING_MODEL" in line
+    assert api.stats()["requests"] == 0 and api.stats()["status_counts"] == {"404": 1}  # asked, not paid
+    assert not (project.checkpoints / "file_queue.json").exists()  # stopped before the queue was built
+    assert "transcripts" not in store_state(project)  # nor a collection made
+    project.add("c.txt", SAMPLE_TRANSCRIPT.replace("harbour", "bridge"))
+    project.run("generate_file_queue.py")
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", EMBEDDING_MODEL="text-embedding-3-smal")
+    assert "text-embedding-3-smal" in one_line_error(r)
     q = project.queue
-    assert q["failed"] == [] and q["processing"] == [] and len(q["pending"]) == 2
-    assert all(project.queue["files"][p].get("attempts", 0) == 0 for p in q["pending"])
-    assert "made_by" not in (store_state(project)["transcripts"][1] or {})
+    assert q["failed"] == [] and q["processing"] == [] and len(q["pending"]) == 3
+    assert all(q["files"][p].get("attempts", 0) == 0 for p in q["pending"])
     project.ingest_all()  # the right model: no deleting by hand
-    assert len(project.queue["completed"]) == 2
+    assert len(project.queue["completed"]) == 3
 
 
 def test_a_collection_of_an_earlier_version_of_this_project_is_adopted(project, api):

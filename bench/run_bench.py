@@ -76,6 +76,9 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="runs per contender; medians are reported (default 3)")
     ap.add_argument("--contenders", default=",".join(CONTENDERS),
                     help="comma-separated subset of project,langchain,llamaindex")
+    ap.add_argument("--with-generate", action="store_true",
+                    help="run generate_file_queue.py before the project's worker (default: the worker alone, "
+                         "which builds the queue itself, as the cron job in render.yaml runs it)")
     ap.add_argument("--no-rerun", action="store_true", help="skip the second (already ingested) run")
     ap.add_argument("--rerun-repeats", type=int, default=1,
                     help="do the second run in the first N repeats only (default 1; it does not vary much)")
@@ -265,9 +268,9 @@ def steps_for(name: str, corpus: Path, run_dir: Path, server, pythons: dict, arg
                "CHROMA_PATH": str(chroma), "OPENAI_API_KEY": server.api_key, "OPENAI_BASE_URL": server.base_url,
                "CHUNK_MAX_TOKENS": "500", "CHUNK_OVERLAP_TOKENS": "50"}
         py = pythons["project"]
-        return [
-            {"name": "generate_file_queue", "argv": [py, str(ROOT / "ingestion" / "generate_file_queue.py")],
-             "env": env, "cwd": str(run_dir), "log": str(logs / f"{tag}-generate")},
+        generate = [{"name": "generate_file_queue", "argv": [py, str(ROOT / "ingestion" / "generate_file_queue.py")],
+                     "env": env, "cwd": str(run_dir), "log": str(logs / f"{tag}-generate")}]
+        return (generate if args.with_generate else []) + [
             {"name": "process_queue_worker", "argv": [py, str(ROOT / "ingestion" / "process_queue_worker.py")],
              "env": dict(env, MAX_ITERATIONS="0"), "cwd": str(run_dir), "log": str(logs / f"{tag}-worker")},
         ]
@@ -441,6 +444,8 @@ def render(report: dict) -> str:
              "Versions: " + "; ".join(
                  f"{TITLES[k]}: " + ", ".join(f"{n} {v}" for n, v in vs.items())
                  for k, vs in f["versions"].items() if vs) + ".  ",
+             ("Project commands: generate_file_queue.py, then the worker.  " if a.get("with_generate") else
+              "Project command: process_queue_worker.py alone (it builds the queue), as the cron job runs it.  "),
              "Project settings taken from the environment: " + (", ".join(
                  f"{k}={v}" for k, v in f.get("project_env", {}).items()) or "none (its defaults)") + ".  ",
              f"Corpus: {c['files']} files, {c['bytes'] / 2**20:.2f} MiB, {c['tokens']:,} tokens (cl100k_base), "

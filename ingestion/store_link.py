@@ -56,8 +56,58 @@ class StoreLink:
         self.close()
 
 
-def serve(store, conn, lock: threading.Lock) -> None:
+class Shared:
+    """The worker's side, shared by the threads serving its children: the store, one call at a time,
+    and the texts a child is embedding right now.
+
+    Children side by side may meet the same text (a chunk two transcripts share). The first to
+    look it up and miss it embeds it; a child that looks it up meanwhile waits (at most WAIT
+    seconds) until the first has written it, and then finds it stored: it is paid once."""
+
+    WAIT = 60.0
+
+    def __init__(self, store):
+        self.store = store
+        self.lock = threading.Condition()
+        self.embedding: dict[str, object] = {}  # content hash -> the child embedding it
+
+    def call(self, child, name: str, args, kwargs):
+        with self.lock:
+            if name == "embeddings_by_content":
+                hashes = set(args[0])
+                self.lock.wait_for(lambda: not any(self.embedding.get(h, child) is not child for h in hashes),
+                                   timeout=self.WAIT)
+            value = getattr(self.store, name)(*args, **kwargs)
+            if name == "embeddings_by_content":
+                for h in hashes - set(value):
+                    self.embedding.setdefault(h, child)
+            elif name == "add":
+                metadatas = kwargs["metadatas"] if "metadatas" in kwargs else args[3]
+                self._done(child, [m.get("content_sha256") for m in metadatas])
+            return value
+
+    def _done(self, child, hashes) -> None:
+        for h in hashes:
+            if self.embedding.get(h) is child:
+                del self.embedding[h]
+        self.lock.notify_all()
+
+    def gone(self, child) -> None:
+        """A child's pipe is closed: what it was embedding is nobody's now."""
+        with self.lock:
+            self._done(child, [h for h, c in self.embedding.items() if c is child])
+
+
+def serve(shared: Shared, conn) -> None:
     """The worker's side for one child: answer its calls until it closes its end (or dies)."""
+    child = object()
+    try:
+        _serve(shared, conn, child)
+    finally:
+        shared.gone(child)
+
+
+def _serve(shared: Shared, conn, child) -> None:
     while True:
         try:
             name, args, kwargs = conn.recv()
@@ -66,8 +116,7 @@ def serve(store, conn, lock: threading.Lock) -> None:
         try:
             if name not in CALLS:
                 raise StoreError(f"not a store call a child may make: {name}")
-            with lock:
-                reply = (True, getattr(store, name)(*args, **kwargs))
+            reply = (True, shared.call(child, name, args, kwargs))
         except IngestionError as e:
             reply = (False, e)
         except Exception as e:  # a bug here or in Chroma: the child reports it as a problem of the store

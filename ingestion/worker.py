@@ -288,6 +288,7 @@ class ForkLauncher:
 
         self.cfg = cfg
         self.store = None
+        self.shared = None
         self.store_lock = threading.Lock()
         # the server is a new interpreter that takes no sys.path from us before preloading: give it ours
         os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -307,16 +308,18 @@ class ForkLauncher:
 
     def _shared_store(self):
         from ingestion.store import Store
+        from ingestion.store_link import Shared
 
         with self.store_lock:
             if self.store is None:
                 self.store = Store(self.cfg)
-            return self.store
+                self.shared = Shared(self.store)
+            return self.shared
 
     def run(self, owner_pid: int, budget: int, held: set[str], stop: job.StopFlag, grace: float):
         from ingestion import store_link
 
-        store = self._shared_store()
+        shared = self._shared_store()
         reader, writer = self.ctx.Pipe(duplex=False)
         mine, theirs = self.ctx.Pipe(duplex=True)
         child = self.ctx.Process(target=_fork_child, args=(owner_pid, budget, sorted(held), writer, theirs),
@@ -324,7 +327,7 @@ class ForkLauncher:
         child.start()
         writer.close()
         theirs.close()
-        server = threading.Thread(target=store_link.serve, args=(store, mine, self.store_lock), daemon=True)
+        server = threading.Thread(target=store_link.serve, args=(shared, mine), daemon=True)
         server.start()
         done: list[tuple[int, str, str]] = []
         ended = [False]

@@ -210,3 +210,27 @@ def test_key_never_stored(project):
             assert API_KEY not in f.read_text(errors="replace")
     for doc, meta in project.chunks().values():
         assert API_KEY not in doc + json.dumps(meta)
+
+
+def test_files_run_side_by_side_sharing_one_store(project, api):
+    """FILE_CONCURRENCY children at once (one request each in flight here), all writing through the
+    worker's one open embedded store: the same content and tokens as one file at a time."""
+    for n in range(6):
+        project.add(f"t{n}.txt", SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}"))
+    api.set_faults(latency_ms=300)
+    one = dict(EMBED_CONCURRENCY="1", EMBED_BATCH_SIZE="1")
+    r = project.ingest_all(FILE_CONCURRENCY="3", **one)
+    assert "6 files run (6 completed)" in r.stdout, r.stdout + r.stderr
+    assert api.stats()["max_concurrent"] >= 2  # files side by side
+    side_by_side = project.content()
+    tokens = api.stats()["tokens"]
+
+    (project.root / "alone").mkdir()
+    alone = type(project)(project.root / "alone", api)
+    for n in range(6):
+        alone.add(f"t{n}.txt", SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}"))
+    api.reset()
+    api.set_faults(latency_ms=0)
+    alone.ingest_all(FILE_CONCURRENCY="1", **one)
+    assert api.stats()["max_concurrent"] == 1
+    assert alone.content() == side_by_side and api.stats()["tokens"] == tokens

@@ -147,7 +147,8 @@ class Store:
         except BlockingIOError:
             if not wait:
                 os.close(fd)
-                raise StoreBusy(f"the embedded store {self.cfg.chroma_path} is in use by another process") from None
+                raise StoreBusy(f"the embedded store {self.cfg.chroma_path} is in use by another process (a worker "
+                                f"holds it for its whole run): nothing to do until it ends") from None
             log.info("waiting for the embedded store %s (another process is writing to it)", self.cfg.chroma_path)
             fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
@@ -445,8 +446,9 @@ def _owner_alive(owner: str) -> bool:
     return host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid))
 
 
-def check_store(cfg: Config, mode: str = "write") -> None:
-    """Open the store once and check it against the settings, before anything is claimed or paid."""
-    with Store(cfg, check=mode, create=False):
+def check_store(cfg: Config, mode: str = "write", wait: bool = True) -> None:
+    """Open the store once and check it against the settings, before anything is claimed or paid.
+    wait=False: an embedded store another process holds is StoreBusy at once."""
+    with Store(cfg, wait=wait, check=mode, create=False):
         pass
 

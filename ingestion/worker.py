@@ -1,15 +1,19 @@
 """The queue worker: each file in a process of its own, so memory is given back after each.
 
-Before work: checks everything that can be known before paying (job.check_ready),
-builds the queue if there is none (or rebuilds it when it describes another
-collection), returns stale `processing` entries (owner gone, or lease expired) to
-pending, and finishes split files whose parts are all stored. Then, MAX_ITERATIONS
-times (0: until the queue is empty), starts a child that claims a file, ingests it
-and records its outcome (FILES_PER_CHILD files, then the child exits).
+Before work: checks everything that can be known before paying (job.check_ready: the
+key and the model asked of the API, the store opened and checked), builds the queue if
+there is none (or rebuilds it when it describes another collection), returns stale
+`processing` entries (owner gone, or lease expired) to pending, and finishes split files
+whose parts are all stored. Then, MAX_ITERATIONS files (0: until the queue is empty),
+children claim a file, ingest it and record its outcome (FILES_PER_CHILD files, then the
+child exits); FILE_CONCURRENCY children run side by side.
 
-Children are forked from a fork server that has already imported chromadb, openai
-and tiktoken, so a child costs a fork, not an interpreter start; where the platform
-cannot fork, each child is a fresh `ingest_one_file.py` subprocess.
+Children are forked from a fork server that has already imported openai, tiktoken and
+the pipeline, so a child costs a fork, not an interpreter start. The worker opens the
+store once and lends it to its children (store_link): none of them opens Chroma, the
+embedded store's index is loaded once, and its one-writer lock is held by the worker for
+the run. Where the platform cannot fork, each child is a fresh `ingest_one_file.py`
+subprocess that opens the store itself, one at a time.
 
 When a child dies without recording an outcome (outcomes.after_death):
 - killed by SIGKILL: the kernel's OOM killer is the usual cause. With cgroup
@@ -101,7 +105,7 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
     fork = "forkserver" in multiprocessing.get_all_start_methods()
     launcher = ForkLauncher(cfg, start=_work_waiting(cfg)) if fork else SubprocessLauncher()
     job.check_api(cfg)  # (these two while the fork server imports the pipeline)
-    check_store(cfg)
+    check_store(cfg, wait=False)  # embedded: held by another worker for its whole run, so not worth waiting
     pending = prepare(cfg)
     todo = min(pending, max_iterations or pending)
     # FILE_CONCURRENCY files at once: side by side children (sharing the worker's store) when each

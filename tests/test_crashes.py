@@ -204,7 +204,12 @@ def test_three_workers_at_once_process_each_file_once(project, api, clean, files
     project.run("generate_file_queue.py")
     workers = [start_worker(project, FILES_PER_CHILD=str(files_per_child)) for _ in range(3)]
     outputs = [w.communicate(timeout=300) for w in workers]
-    assert [w.returncode for w in workers] == [0, 0, 0], outputs
+    # the embedded store has one writer: a worker that finds it held says so and exits 8 (held elsewhere)
+    codes = [w.returncode for w in workers]
+    assert 0 in codes and set(codes) <= {0, 8}, outputs
+    for code, (_, err) in zip(codes, outputs):
+        if code == 8:
+            assert err.strip().splitlines() == [err.strip().splitlines()[-1]] and "in use" in err, err
     completions = [line for _, err in outputs for line in err.splitlines() if " INFO completed " in line]
     assert len(completions) == len(CORPUS)  # no file done twice
     content, tokens = clean
@@ -212,3 +217,17 @@ def test_three_workers_at_once_process_each_file_once(project, api, clean, files
     assert api.stats()["tokens"] == tokens
     q = project.queue
     assert len(q["completed"]) == len(CORPUS) and not q["pending"] and not q["processing"]
+
+
+def test_a_second_worker_on_a_busy_embedded_store_exits_8_at_once(project, api, clean):
+    fill(project)
+    project.run("generate_file_queue.py")
+    api.set_faults(latency_ms=300)
+    first = start_worker(project)
+    assert child_pid(project) is not None  # the first worker is ingesting
+    second = project.run("process_queue_worker.py", MAX_ITERATIONS="0", timeout=60)
+    assert second.returncode == 8, second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1 and "in use by another process" in second.stderr
+    assert first.wait(timeout=300) == 0
+    api.set_faults(latency_ms=0)
+    finish_and_compare(project, clean, api)

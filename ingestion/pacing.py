@@ -21,7 +21,9 @@ Capacity, from whatever the answers carry:
 - `x-ratelimit-limit-*` alone: capacity is the limit (our log tells what is used).
 - remaining without a limit (Azure-style sets): the largest capacity seen stands in
   for the limit.
-- nothing at all: learned from 429s. A 429 means the window is full: capacity becomes
+- nothing at all: learned from 429s. Attempts in flight on the machine start at
+  BARE_CWND (files side by side would otherwise all be in flight when the window fills).
+  A 429 means the window is full: capacity becomes
   what we surely had in it (the limit is at least that), concurrency is halved (AIMD;
   it grows by one after a run of successes), everyone holds back for the server's
   retry-after, and the learned limit is probed 12.5% higher only after two minutes
@@ -54,6 +56,7 @@ KINDS = ("tokens", "requests")
 POLL = 0.05            # seconds between looks while waiting for an answer
 MAX_HOLD = 120.0       # the SDK does not retry after longer hints either
 MAX_CWND = 64          # above this, concurrency is no longer limited
+BARE_CWND = 4          # attempts in flight (all processes) at first when answers carry no rate-limit headers
 GROWTH = 1.125         # a learned limit is probed this much higher ...
 PROBE_AFTER = 120.0    # ... after this long served at it without a 429
 STALE_FLIGHT = 900.0   # an attempt in flight this long belongs to a process that is gone
@@ -333,6 +336,11 @@ class Pacer:
             if status is None:
                 return
             state["seen"] = True
+            if status < 400 and not state.get("bare_seen") and all(v is None for kind in KINDS
+                                                                   for v in limits[kind]):
+                state["bare_seen"] = True  # a server that sends no rate-limit headers: start the
+                if state["cwnd"] is None:  # machine's concurrency small, and let AIMD grow it
+                    state["cwnd"] = BARE_CWND
             for kind in KINDS:
                 self._learn_kind(state, state["kinds"][kind], kind, this, status, limits[kind],
                                  kind in kinds, tokens, now)

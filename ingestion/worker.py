@@ -58,7 +58,7 @@ class Tally:
 
 
 def capacity_warning(cfg: Config, vectors: int) -> str | None:
-    """In embedded mode every process that opens the store loads its whole index: warn near the limit."""
+    """In embedded mode the process that opens the store (the worker) loads its whole index: warn near the limit."""
     from ingestion import models
 
     budget = procinfo.memory_budget_bytes()
@@ -70,7 +70,7 @@ def capacity_warning(cfg: Config, vectors: int) -> str | None:
         return None
     fits = int(budget * 0.9 / (dims * BYTES_PER_DIMENSION))
     return (f"the embedded store holds about {vectors:,} vectors of {dims} dimensions (~{need / 2**30:.1f} GB of index "
-            f"loaded by every ingesting process); this machine has {budget / 2**30:.1f} GB, room for about "
+            f"loaded by the worker); this machine has {budget / 2**30:.1f} GB, room for about "
             f"{fits:,}. Use a Chroma server (CHROMA_HOST), fewer EMBEDDING_DIMENSIONS, or more memory")
 
 

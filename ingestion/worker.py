@@ -103,9 +103,11 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
 
     job.check_ready(cfg, store=None, api=False)
     fork = "forkserver" in multiprocessing.get_all_start_methods()
-    launcher = ForkLauncher(cfg, start=_work_waiting(cfg)) if fork else SubprocessLauncher()
-    job.check_api(cfg)  # (these two while the fork server imports the pipeline)
+    waiting = _work_waiting(cfg)
+    launcher = ForkLauncher(cfg, start=waiting) if fork else SubprocessLauncher()
     check_store(cfg, wait=False)  # embedded: held by another worker for its whole run, so not worth waiting
+    if waiting:  # (nothing pending: nothing will be paid, so the API is not asked)
+        launcher.check_api(cfg)
     pending = prepare(cfg)
     todo = min(pending, max_iterations or pending)
     # FILE_CONCURRENCY files at once: side by side children (sharing the worker's store) when each
@@ -267,6 +269,19 @@ def _fork_child(owner_pid: int, budget: int, held: list[str], conn, store_conn) 
     os._exit(code)
 
 
+def _check_api_child(conn) -> None:
+    from ingestion import settings
+
+    try:
+        job.check_api(settings.load())
+        conn.send(None)
+    except IngestionError as e:
+        conn.send(e)
+    except Exception as e:  # a bug: said in one line by the worker
+        conn.send(IngestionError(f"checking the embeddings API failed: {type(e).__name__}: {e}"))
+    conn.close()
+
+
 def _supervise(pid: int, alive, signal_child, stop: job.StopFlag, grace: float) -> None:
     """Wait for the child; on SIGTERM forward it, and kill the child after the grace period."""
     forwarded_at = None
@@ -309,6 +324,23 @@ class ForkLauncher:
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    def check_api(self, cfg: Config) -> None:
+        """job.check_api in a child of the fork server (which has the openai client loaded: the worker
+        itself never imports it); its error, if any, is raised here."""
+        reader, writer = self.ctx.Pipe(duplex=False)
+        child = self.ctx.Process(target=_check_api_child, args=(writer,), daemon=True)
+        child.start()
+        writer.close()
+        try:
+            error = reader.recv()
+        except EOFError:
+            error = IngestionError(f"the check of the embeddings API ended without an answer "
+                                   f"(exit status {child.exitcode})")
+        child.join()
+        reader.close()
+        if error is not None:
+            raise error
 
     def _shared_store(self):
         from ingestion.store import Store
@@ -376,6 +408,10 @@ class SubprocessLauncher:
 
     def __init__(self):
         log.info("this platform has no fork server: each child is a new Python process (slower start)")
+
+    @staticmethod
+    def check_api(cfg: Config) -> None:
+        job.check_api(cfg)
 
     def __enter__(self) -> "SubprocessLauncher":
         return self

@@ -154,6 +154,7 @@ class _Run:
     api_down: int = 0
     stopped_by: str = ""  # the message of a problem of the run that stopped a child
     given: int = 0        # files run, plus what running children may still take
+    running: int = 0      # children alive now
     advance: object = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -178,14 +179,17 @@ def _lane(r: _Run, launcher) -> None:
         oom_before = procinfo.oom_kills() or 0
         with r.lock:
             held = set(r.held)
+            r.running += 1
         try:
             rc, pid, done = launcher.run(os.getpid(), budget, held, r.stop, r.cfg.grace_seconds)
         except IngestionError as e:  # the worker's store cannot be opened: nothing was claimed
             with r.lock:
+                r.running -= 1
                 r.stopped_by = str(e)
                 r.halt(e.exit_code)
             return
         with r.lock:
+            r.running -= 1
             before = r.tally.runs
             r.stopped_by = _count(r.cfg, r.tally, rc, pid, done, r.held, r.stop, oom_before) or r.stopped_by
             ran = r.tally.runs - before
@@ -201,6 +205,10 @@ def _lane(r: _Run, launcher) -> None:
                 log.error("the embeddings API failed for two files in a row; stopping this run (files requeued)")
                 r.halt(EXIT_API_DOWN)
                 return
+        # the API failed this file: no new child here while others are still finding out whether
+        # it is down (each would spend an attempt of a file); alone, try one more file
+        while rc == EXIT_API_DOWN and r.api_down and r.running and not (r.halted or r.stop()):
+            time.sleep(0.1)
 
 
 class RunStopped(IngestionError):

@@ -180,7 +180,9 @@ def test_a_full_disk_under_the_store_releases_the_file_and_stops_the_run(project
         big = "\n\n".join(SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {i}") for i in range(300))
         for n in range(files):
             project.add(f"big{n:02d}.txt", big.replace("Alice", f"Alice{n}"))
-        env = {"CHROMA_PATH": str(disk / "db"), "CHROMA_TIMEOUT": "20", "FILES_PER_CHILD": "1"}
+        # one file at a time: with files side by side the 40m disk may fill before any file completes
+        env = {"CHROMA_PATH": str(disk / "db"), "CHROMA_TIMEOUT": "20", "FILES_PER_CHILD": "1",
+               "FILE_CONCURRENCY": "1"}
         project.run("generate_file_queue.py", CHROMA_PATH=str(tmp_path / "elsewhere"))
         r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", **env)
         line = one_line_error(r)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -254,7 +254,10 @@ def _embed_group(pool, embed, todo: list[_Record], writer: _Writer, result: Resu
         for request in sent:
             if request.future is not None:
                 request.future.cancel()
-        for request in sent:  # keep whatever else was paid for
+        for request in sent:  # keep whatever else was paid for, once the requests already sent are answered
+            f = request.future
+            if f is not None and not f.cancelled():
+                wait([f])  # (the pool would wait for it anyway; its vectors must not be dropped)
             if not request.taken and request.paid():
                 writer.waiting.extend(request.take(result, borrowed=False))
         raise

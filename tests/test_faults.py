@@ -41,6 +41,9 @@ def test_server_errors_resets_and_timeouts_are_retried(project, api):
     api.set_faults(fail_next=[{"status": 500}, {"status": 503}, {"action": "reset"},
                               {"action": "hang", "seconds": 3}, {"status": 502}])
     project.ingest_all(OPENAI_MAX_RETRIES="6", OPENAI_TIMEOUT="1", EMBED_CONCURRENCY="1", EMBED_BATCH_SIZE="2")
+    end = time.monotonic() + 10  # the hung request is still being answered: count it here, not in the next test
+    while api.stats()["in_flight"] and time.monotonic() < end:
+        time.sleep(0.1)
     # the hung request was answered after our timeout: at most one request (2 chunks) billed twice
     assert_clean_finish(project, api, slack=2 * 500)
 
@@ -48,9 +51,7 @@ def test_server_errors_resets_and_timeouts_are_retried(project, api):
 def test_random_5xx_at_a_30_percent_rate(project, api):
     fill(project)
     api.set_faults(fault_rate=0.3, fault_statuses=[500, 503])
-    # one file at a time: with 4 side by side, a loaded CI run once paid ~25% more tokens than
-    # it stored here (not reproduced alone; open, see the stop-15 note)
-    project.ingest_all(OPENAI_MAX_RETRIES="8", FILE_CONCURRENCY="1")
+    project.ingest_all(OPENAI_MAX_RETRIES="8")
     served = api.stats()["status_counts"]
     assert served.get("500", 0) + served.get("503", 0) > 0, served  # the faults really happened
     assert_clean_finish(project, api)

@@ -75,7 +75,7 @@ class Shared:
         with self.lock:
             if name == "embeddings_by_content":
                 hashes = set(args[0])
-                self.lock.wait_for(lambda: not any(self.embedding.get(h, child) is not child for h in hashes),
+                self.lock.wait_for(lambda: all(self.embedding.get(h, child) is child for h in hashes),
                                    timeout=self.WAIT)
             value = getattr(self.store, name)(*args, **kwargs)
             if name == "embeddings_by_content":

@@ -314,8 +314,7 @@ class ForkLauncher:
         from ingestion.settings import PROJECT_ROOT
 
         self.cfg = cfg
-        self.store = None
-        self.shared = None
+        self.shared = None  # the worker's open store, once the first child needs it (store_link.Shared)
         self.store_lock = threading.Lock()
         # the server is a new interpreter that takes no sys.path from us before preloading: give it ours
         os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -329,9 +328,9 @@ class ForkLauncher:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        if self.shared is not None:
+            self.shared.store.close()
+            self.shared = None
 
     def check_api(self, cfg: Config) -> None:
         """job.check_api in a child of the fork server (which has the openai client loaded: the worker
@@ -355,9 +354,8 @@ class ForkLauncher:
         from ingestion.store_link import Shared
 
         with self.store_lock:
-            if self.store is None:
-                self.store = Store(self.cfg)
-                self.shared = Shared(self.store)
+            if self.shared is None:
+                self.shared = Shared(Store(self.cfg))
             return self.shared
 
     def run(self, owner_pid: int, budget: int, held: set[str], stop: job.StopFlag, grace: float):

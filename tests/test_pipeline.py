@@ -234,3 +234,13 @@ def test_files_run_side_by_side_sharing_one_store(project, api):
     alone.ingest_all(FILE_CONCURRENCY="1", **one)
     assert api.stats()["max_concurrent"] == 1
     assert alone.content() == side_by_side and api.stats()["tokens"] == tokens
+
+
+def test_an_unreachable_api_stops_the_run_before_anything_is_claimed(project):
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", OPENAI_MAX_RETRIES="0",
+                    OPENAI_BASE_URL="http://127.0.0.1:9/v1")
+    assert r.returncode == 4
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not be reached" in lines[0] and "nothing was claimed" in lines[0], r.stderr
+    assert not (project.checkpoints / "file_queue.json").exists()

@@ -301,6 +301,27 @@ def _supervise(pid: int, alive, signal_child, stop: job.StopFlag, grace: float) 
             signal_child(signal.SIGKILL)
 
 
+# Process.start() polls every child this process started, from whichever thread starts one; two threads
+# reading one forkserver child's exit status at once make one of them see 255 (CPython's popen_forkserver
+# reads a pipe). So children are started, and their exits read, under one lock.
+_PROCS = threading.Lock()
+
+
+def start_child(proc) -> None:
+    with _PROCS:
+        proc.start()
+
+
+def child_exit(proc, timeout: float | None) -> int | None:
+    """The child's exit code, waiting up to timeout seconds (None: until it exits); None while it runs."""
+    from multiprocessing.connection import wait
+
+    if not wait([proc.sentinel], timeout):
+        return None
+    with _PROCS:
+        return proc.exitcode
+
+
 class ForkLauncher:
     """Children forked from a fork server that preloaded the pipeline (no Chroma client, socket or
     thread exists in the server). The worker opens the store once and lends it to every child
@@ -337,14 +358,14 @@ class ForkLauncher:
         itself never imports it); its error, if any, is raised here."""
         reader, writer = self.ctx.Pipe(duplex=False)
         child = self.ctx.Process(target=_check_api_child, args=(writer,), daemon=True)
-        child.start()
+        start_child(child)
         writer.close()
         try:
             error = reader.recv()
         except EOFError:
             error = IngestionError(f"the check of the embeddings API ended without an answer "
-                                   f"(exit status {child.exitcode})")
-        child.join()
+                                   f"(exit status {child_exit(child, None)})")
+        child_exit(child, None)
         reader.close()
         if error is not None:
             raise error
@@ -366,7 +387,7 @@ class ForkLauncher:
         mine, theirs = self.ctx.Pipe(duplex=True)
         child = self.ctx.Process(target=_fork_child, args=(owner_pid, budget, sorted(held), writer, theirs),
                                  daemon=False)
-        child.start()
+        start_child(child)
         writer.close()
         theirs.close()
         server = threading.Thread(target=store_link.serve, args=(shared, mine), daemon=True)
@@ -383,9 +404,8 @@ class ForkLauncher:
                         ended[0] = True
                         break
                     timeout = 0
-            if ended[0]:  # the child closed its pipe: wait for its exit
-                child.join(timeout)
-            return child.exitcode is None
+            # (the child closed its pipe: wait for its exit)
+            return child_exit(child, timeout if ended[0] else 0) is None
 
         def signal_child(sig: int) -> None:
             try:
@@ -394,7 +414,7 @@ class ForkLauncher:
                 pass
 
         _supervise(child.pid, alive, signal_child, stop, grace)
-        child.join()
+        code = child_exit(child, None)
         while not ended[0] and reader.poll(0):
             try:
                 done.append(reader.recv())
@@ -403,7 +423,7 @@ class ForkLauncher:
         reader.close()
         server.join(self.cfg.chroma_timeout + 10)  # what the child sent is written before its fate is decided
         mine.close()
-        return child.exitcode, child.pid, done
+        return code, child.pid, done
 
 
 class SubprocessLauncher:

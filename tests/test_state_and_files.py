@@ -246,3 +246,33 @@ def test_outcomes_append_to_the_checkpoint_journal_and_reading_replays_it(cfg):
         pass
     assert not journal.exists()
     assert set(json.loads(cfg.checkpoint_path.read_text())["processed_files"]) == {"/a", "/b", "/d"}
+
+
+CHILDREN_SIDE_BY_SIDE = """
+import multiprocessing, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+from ingestion import worker
+
+def lane(ctx, codes):
+    for _ in range(50):
+        p = ctx.Process(target=time.sleep, args=(0,))
+        if sys.argv[2] == "plain":
+            p.start(); p.join(); codes.append(p.exitcode)
+        else:
+            worker.start_child(p); codes.append(worker.child_exit(p, None))
+
+if __name__ == "__main__":
+    ctx, codes = multiprocessing.get_context("forkserver"), []
+    lanes = [threading.Thread(target=lane, args=(ctx, codes)) for _ in range(4)]
+    [t.start() for t in lanes]; [t.join() for t in lanes]
+    print(sorted(set(codes)), len(codes))
+"""
+
+
+def test_children_started_side_by_side_report_their_own_exit_code(tmp_path):
+    # Process.start() polls the other lanes' children; read at the same time, one of them saw 255 and the
+    # worker exited 255 after a clean run (CI). Started and read under the worker's lock: always 0.
+    script = tmp_path / "lanes.py"
+    script.write_text(CHILDREN_SIDE_BY_SIDE)
+    r = subprocess.run([sys.executable, str(script), str(ROOT), "locked"], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "[0] 200", r.stdout + r.stderr

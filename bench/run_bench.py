@@ -73,6 +73,8 @@ def parse_args(argv=None):
     ap.add_argument("--tpm", type=int, default=0, help="server tokens-per-minute limit (default 0: none)")
     ap.add_argument("--rpm", type=int, default=0, help="server requests-per-minute limit (default 0: none)")
     ap.add_argument("--fault-rate", type=float, default=0.0, help="fraction of requests answered 500/503")
+    ap.add_argument("--ratelimit-headers", default="all", choices=["all", "limit-tokens", "remaining", "none"],
+                    help="which x-ratelimit-* headers the server sends (default all six, as OpenAI does)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per contender; medians are reported (default 3)")
     ap.add_argument("--contenders", default=",".join(CONTENDERS),
                     help="comma-separated subset of project,langchain,llamaindex")
@@ -110,7 +112,8 @@ def parse_args(argv=None):
         ap.error("--repeat must be at least 1")
     if not args.label:
         args.label = f"files{args.files}-lat{args.latency_ms:g}" + (f"-tpm{args.tpm}" if args.tpm else "") + (
-            f"-fault{args.fault_rate:g}" if args.fault_rate else "")
+            f"-fault{args.fault_rate:g}" if args.fault_rate else "") + (
+            f"-headers-{args.ratelimit_headers}" if args.ratelimit_headers != "all" else "")
     return args
 
 
@@ -451,7 +454,8 @@ def render(report: dict) -> str:
              f"Corpus: {c['files']} files, {c['bytes'] / 2**20:.2f} MiB, {c['tokens']:,} tokens (cl100k_base), "
              f"`{c['path']}`.  ",
              f"Server: latency {a['latency_ms']:g} ms + {a['latency_per_1k_ms']:g} ms per 1k tokens, "
-             f"tpm {a['tpm'] or 'unlimited'}, rpm {a['rpm'] or 'unlimited'}, fault rate {a['fault_rate']:g}. "
+             f"tpm {a['tpm'] or 'unlimited'}, rpm {a['rpm'] or 'unlimited'}, fault rate {a['fault_rate']:g}, "
+             f"rate-limit headers: {a.get('ratelimit_headers', 'all')}. "
              f"Repeats: {a['repeat']} (numbers are medians; wall times of each repeat in the raw JSON "
              f"`bench/results/{a['label']}.json`). LangChain check_embedding_ctx_length={a['langchain_check_ctx']}; "
              f"LlamaIndex pipeline.run on slices of {a.get('llamaindex_files_per_run') or 'all'} files. "
@@ -591,7 +595,8 @@ def main(argv=None) -> int:
     facts["project_env"] = project_env()
     runs_root = WORK / "runs" / args.label
     server_opts = dict(latency_ms=args.latency_ms, latency_per_1k_ms=args.latency_per_1k_ms, tpm=args.tpm or None,
-                       rpm=args.rpm or None, fault_rate=args.fault_rate or None)
+                       rpm=args.rpm or None, fault_rate=args.fault_rate or None,
+                       ratelimit_headers=None if args.ratelimit_headers == "all" else args.ratelimit_headers)
     raw = {n: [] for n in args.contenders}
     zero, floor = {}, None
     started = time.monotonic()

@@ -13,11 +13,13 @@ of sent to collect a 429 (rejected requests count against the limit too).
 """
 from __future__ import annotations
 
+import base64
 import logging
 import re
 import ssl
 import threading
 
+import numpy as np
 import openai
 
 from ingestion.errors import ApiRejected, ApiUnavailable, AuthFailed, ConfigError
@@ -41,8 +43,8 @@ class Embedder:
         self.requests = 0
         self.tokens_sent = 0
 
-    def embed(self, texts: list[str], tokens: int) -> list[list[float]]:
-        """Vectors for texts, in order. tokens: their token count, for pacing."""
+    def embed(self, texts: list[str], tokens: int) -> list[np.ndarray]:
+        """Vectors for texts (float32, as Chroma stores them), in order. tokens: their token count, for pacing."""
         with self.pacer.request(tokens):  # each attempt is paced by the client's event hooks
             raw = self._call(texts)
         response = raw.parse()
@@ -51,7 +53,7 @@ class Embedder:
             self.tokens_sent += response.usage.total_tokens if response.usage else tokens
         vectors = [None] * len(texts)
         for item in response.data:
-            vectors[item.index] = list(item.embedding)
+            vectors[item.index] = _vector(item.embedding)
         return vectors
 
     def check_access(self) -> None:
@@ -78,8 +80,9 @@ class Embedder:
     def _call(self, texts: list[str]):
         """One request (the SDK retries it); the SDK's errors become ours."""
         extra = {"dimensions": self.dimensions} if self.dimensions else {}
-        try:
-            return self.client.embeddings.with_raw_response.create(model=self.model, input=texts, **extra)
+        try:  # base64, asked for by name: the SDK then leaves it to us (no Python float made per number)
+            return self.client.embeddings.with_raw_response.create(model=self.model, input=texts,
+                                                                   encoding_format="base64", **extra)
         except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
             raise AuthFailed(f"the embeddings API refused the key (HTTP {e.status_code}): "
                              "check OPENAI_API_KEY (and OPENAI_BASE_URL)") from None
@@ -94,6 +97,13 @@ class Embedder:
         except openai.APIConnectionError as e:
             kind = "timed out" if isinstance(e, openai.APITimeoutError) else "could not be reached"
             raise ApiUnavailable(f"the embeddings API {kind} after {self.client.max_retries} retries") from None
+
+
+def _vector(embedding) -> np.ndarray:
+    """base64 of little-endian float32s, as asked; a list of numbers from a server that ignores the format."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4")
+    return np.asarray(embedding, dtype=np.float32)
 
 
 _TLS = None

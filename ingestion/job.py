@@ -53,25 +53,26 @@ class StopFlag:
 
 def check_ready(cfg: Config, need_key: bool = True, store: str | None = "write", api: bool = True) -> None:
     """Fail fast, before touching the queue or paying a token, when the run cannot work.
-    api: with need_key, ask the API whether it takes the key and knows the model (check_api)."""
+    api: with need_key, check what embedding needs (check_embedding: tokenizer, key, model)."""
     if not cfg.transcripts_dir.is_dir():
         raise ConfigError(f"TRANSCRIPTS_DIR {cfg.transcripts_dir} is not a folder: set TRANSCRIPTS_DIR "
                           "to the folder holding the transcripts")
     if need_key:
         api_key()
-    from ingestion.chunking import encoding
-    encoding()  # the tokenizer file must be there before a file is claimed
     state.read(cfg)  # state files usable (CHECKPOINT_DIR a folder, files readable)
     if need_key and api:
-        check_api(cfg)
+        check_embedding(cfg)
     if store:
         check_store(cfg, store)
 
 
-def check_api(cfg: Config) -> None:
-    """The key accepted and the model known, asked of the API at no cost (Embedder.check_access)."""
+def check_embedding(cfg: Config) -> None:
+    """What embedding a file needs, at no cost: the tokenizer's file there, the key accepted and the
+    model known (asked of the API: Embedder.check_access)."""
+    from ingestion.chunking import encoding
     from ingestion.embeddings import Embedder
 
+    encoding()
     Embedder(cfg).check_access()
 
 

@@ -57,6 +57,7 @@ POLL = 0.05            # seconds between looks while waiting for an answer
 MAX_HOLD = 120.0       # the SDK does not retry after longer hints either
 MAX_CWND = 64          # above this, concurrency is no longer limited
 BARE_CWND = 4          # attempts in flight (all processes) at first when answers carry no rate-limit headers
+MERGE_ABOVE = 200      # answered attempts kept one by one in the state file; more are merged by second
 GROWTH = 1.125         # a learned limit is probed this much higher ...
 PROBE_AFTER = 120.0    # ... after this long served at it without a 429
 STALE_FLIGHT = 900.0   # an attempt in flight this long belongs to a process that is gone
@@ -255,7 +256,7 @@ class Pacer:
                 del state["flight"][ident]  # its process is gone: count it as sent now
                 state["done"].append([min(sent, now), now, tokens, 1])
         done = [e for e in state["done"] if now - WINDOW < e[1] <= now + 5]
-        if len(done) > 2000:  # many tiny requests: merge by whole seconds (sent earlier, answered later)
+        if len(done) > MERGE_ABOVE:  # many requests: merge by whole seconds (sent earlier, answered later)
             merged: dict = {}
             for s, r, t, q in done:
                 key = (math.floor(s), math.ceil(r))

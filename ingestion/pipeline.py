@@ -54,7 +54,7 @@ class _Record:
     id: str
     text: str
     meta: dict
-    vector: list[float] | None = None
+    vector: object = None  # float32 array
 
 
 # Texts being embedded right now in this process (content hash -> (request, position)):

@@ -28,3 +28,9 @@ try:
     encoding()  # the tokenizer's tables, read once
 except Exception:  # the child will say so in one line
     pass
+
+import gc  # noqa: E402
+
+# what is loaded now lives as long as the server: keep it out of the collector's reach, so that a
+# child's collections neither walk it nor write to (and so copy) its pages
+gc.freeze()

@@ -307,13 +307,13 @@ class Store:
             out.update(zip(page["ids"], page["metadatas"]))
         return out
 
-    def embeddings_by_content(self, content_hashes: list[str]) -> dict[str, list[float]]:
+    def embeddings_by_content(self, content_hashes: list[str]) -> dict:
         """content_sha256 -> a stored embedding of the same text (from any source)."""
         if not content_hashes:
             return {}
         found = self.call(self.chunks.get, where={"content_sha256": {"$in": sorted(set(content_hashes))}},
                           include=["metadatas", "embeddings"])
-        return {m["content_sha256"]: [float(x) for x in e] for m, e in zip(found["metadatas"], found["embeddings"])}
+        return {m["content_sha256"]: e for m, e in zip(found["metadatas"], found["embeddings"])}  # float32 arrays
 
     def room(self, nbytes: int = 0) -> None:
         """Embedded mode: refuse to write when the disk is (nearly) full. Chroma's embedded

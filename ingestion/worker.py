@@ -107,7 +107,7 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
     launcher = ForkLauncher(cfg, start=waiting) if fork else SubprocessLauncher()
     check_store(cfg, wait=False)  # embedded: held by another worker for its whole run, so not worth waiting
     if waiting:  # (nothing pending: nothing will be paid, so the API is not asked)
-        launcher.check_api(cfg)
+        launcher.check_embedding(cfg)
     pending = prepare(cfg)
     todo = min(pending, max_iterations or pending)
     # FILE_CONCURRENCY files at once: side by side children (sharing the worker's store) when each
@@ -277,16 +277,16 @@ def _fork_child(owner_pid: int, budget: int, held: list[str], conn, store_conn) 
     os._exit(code)
 
 
-def _check_api_child(conn) -> None:
+def _check_embedding_child(conn) -> None:
     from ingestion import settings
 
     try:
-        job.check_api(settings.load())
+        job.check_embedding(settings.load())
         conn.send(None)
     except IngestionError as e:
         conn.send(e)
     except Exception as e:  # a bug: said in one line by the worker
-        conn.send(IngestionError(f"checking the embeddings API failed: {type(e).__name__}: {e}"))
+        conn.send(IngestionError(f"checking the tokenizer and the embeddings API failed: {type(e).__name__}: {e}"))
     conn.close()
 
 
@@ -353,11 +353,11 @@ class ForkLauncher:
             self.shared.store.close()
             self.shared = None
 
-    def check_api(self, cfg: Config) -> None:
-        """job.check_api in a child of the fork server (which has the openai client loaded: the worker
-        itself never imports it); its error, if any, is raised here."""
+    def check_embedding(self, cfg: Config) -> None:
+        """job.check_embedding in a child of the fork server (which has the openai client and the tokenizer
+        loaded: the worker itself never loads them); its error, if any, is raised here."""
         reader, writer = self.ctx.Pipe(duplex=False)
-        child = self.ctx.Process(target=_check_api_child, args=(writer,), daemon=True)
+        child = self.ctx.Process(target=_check_embedding_child, args=(writer,), daemon=True)
         start_child(child)
         writer.close()
         try:
@@ -436,8 +436,8 @@ class SubprocessLauncher:
         log.info("this platform has no fork server: each child is a new Python process (slower start)")
 
     @staticmethod
-    def check_api(cfg: Config) -> None:
-        job.check_api(cfg)
+    def check_embedding(cfg: Config) -> None:
+        job.check_embedding(cfg)
 
     def __enter__(self) -> "SubprocessLauncher":
         return self

@@ -244,3 +244,37 @@ def test_an_unreachable_api_stops_the_run_before_anything_is_claimed(project):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "could not be reached" in lines[0] and "nothing was claimed" in lines[0], r.stderr
     assert not (project.checkpoints / "file_queue.json").exists()
+
+
+def test_stored_vectors_are_the_apis_own_numbers(project, api):
+    # vectors come as base64 float32 and are kept as arrays (never Python floats); a copy reuses them
+    import chromadb
+    import numpy as np
+    import openai
+    from chromadb.api.client import SharedSystemClient
+
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    project.ingest_all()
+    project.add("b.txt", SAMPLE_TRANSCRIPT)
+    project.ingest_all()
+    SharedSystemClient.clear_system_cache()
+    got = chromadb.PersistentClient(path=str(project.chroma)).get_collection("transcripts").get(
+        include=["documents", "embeddings"])
+    SharedSystemClient.clear_system_cache()
+    assert len(got["ids"]) >= 2
+    asked = openai.OpenAI(api_key=API_KEY, base_url=api.base_url).embeddings.create(
+        model="text-embedding-3-small", input=got["documents"], encoding_format="float")
+    for stored, item in zip(got["embeddings"], asked.data):
+        assert np.array_equal(np.asarray(stored), np.asarray(item.embedding, dtype=np.float32))
+
+
+def test_a_server_that_ignores_the_base64_request_still_gives_float32_vectors():
+    import base64
+
+    import numpy as np
+    from ingestion.embeddings import _vector
+
+    v = np.array([0.25, -1.5, 3.0e-8], dtype="<f4")
+    assert np.array_equal(_vector(base64.b64encode(v.tobytes()).decode()), v)
+    as_list = _vector([0.25, -1.5, 3.0e-8])
+    assert as_list.dtype == np.float32 and np.array_equal(as_list, v)

@@ -345,3 +345,19 @@ def test_prune_refuses_to_empty_the_store_when_every_file_is_gone(project, api):
     assert project.chunks() == before
     r = project.run("generate_file_queue.py", "--prune", "--force")
     assert r.returncode == 0 and project.chunks() == {}
+
+
+def test_no_tokenizer_file_is_one_line_before_anything_is_claimed(project, api, tmp_path):
+    # offline and no cached cl100k_base: the worker (whose fork server checks it) and ingest_one_file.py
+    # stop in one line before a file is claimed; building the queue needs no tokenizer
+    two_files(project)
+    no_net = "http://127.0.0.1:9"  # tiktoken's download fails at once, with or without a network here
+    env = {"TIKTOKEN_CACHE_DIR": str(tmp_path / "empty-cache"), "HTTPS_PROXY": no_net, "https_proxy": no_net}
+    assert project.run("generate_file_queue.py", **env).returncode == 0
+    for script, *args in [("process_queue_worker.py",), ("ingest_one_file.py", str(project.transcripts / "a.txt"))]:
+        line = one_line_error(project.run(script, *args, **env))
+        assert "TIKTOKEN_CACHE_DIR" in line, line
+    q = project.queue
+    assert q["processing"] == q["completed"] == q["failed"] == [] and len(q["pending"]) == 2, q
+    assert all(q["files"][p].get("attempts", 0) == 0 for p in q["pending"])
+    assert api.stats()["tokens"] == 0

@@ -21,6 +21,8 @@ Capacity, from whatever the answers carry:
 - `x-ratelimit-limit-*` alone: capacity is the limit (our log tells what is used).
 - remaining without a limit (Azure-style sets): the largest capacity seen stands in
   for the limit.
+- no headers, but a 429 whose message names the limit, as OpenAI's do ("on tokens per
+  min (TPM): Limit 30000, Used ..."): from that 429 on, as with the limit header.
 - nothing at all: learned from 429s. Attempts in flight on the machine start at
   BARE_CWND (files side by side would otherwise all be in flight when the window fills).
   A 429 means the window is full: capacity becomes
@@ -126,6 +128,21 @@ def limited_kinds(body: bytes) -> tuple[str, ...]:
     return KINDS
 
 
+_STATED_TPM = re.compile(r"tokens per min(?:ute)? \(TPM\): Limit (\d+)", re.IGNORECASE)
+
+
+def stated_limits(body: bytes) -> dict[str, int]:
+    """The limit a 429 names in its words, as OpenAI's read ("... on tokens per min (TPM): Limit 30000,
+    Used 29937, Requested 385 ..."): a server that sends no rate-limit headers still tells it there.
+    Tokens only (the requests limit of an embeddings job is rarely the one reached)."""
+    try:
+        error = json.loads(body).get("error") or {}
+        found = _STATED_TPM.search(str(error.get("message")))
+    except (ValueError, AttributeError):
+        return {}
+    return {"tokens": int(found.group(1))} if found and int(found.group(1)) > 0 else {}
+
+
 def _new_kind() -> dict:
     return {"limit": None, "learned": None, "cap": None, "cap_at": 0.0, "cap_until": 0.0,
             "last_429": 0.0, "served_since": None, "probed_at": 0.0}
@@ -206,11 +223,12 @@ class Pacer:
         if ident is None:
             return
         self._local.open = None
-        kinds = KINDS
+        kinds, stated = KINDS, {}
         if response.status_code == 429:
             with contextlib.suppress(Exception):
-                kinds = limited_kinds(response.read())
-        self._guard(self.after, ident, response.status_code, response.headers, kinds)
+                body = response.read()
+                kinds, stated = limited_kinds(body), stated_limits(body)
+        self._guard(self.after, ident, response.status_code, response.headers, kinds, stated)
 
     def _close_open(self) -> None:
         """An attempt that got no answer (timeout, dropped connection): it may have been counted."""
@@ -324,8 +342,10 @@ class Pacer:
             time.sleep(min(wait, 1.0))
         return ident
 
-    def after(self, ident: str, status: int | None, headers, kinds: tuple[str, ...] = KINDS) -> None:
-        """Learn from the answer to attempt ident (status None: no answer came)."""
+    def after(self, ident: str, status: int | None, headers, kinds: tuple[str, ...] = KINDS,
+              stated: dict[str, int] | None = None) -> None:
+        """Learn from the answer to attempt ident (status None: no answer came). stated: the limits
+        a 429's message names (stated_limits)."""
         limits = read_limits(headers)
         hint = retry_hint(headers) if status == 429 else None
 
@@ -344,7 +364,7 @@ class Pacer:
                     state["cwnd"] = BARE_CWND
             for kind in KINDS:
                 self._learn_kind(state, state["kinds"][kind], kind, this, status, limits[kind],
-                                 kind in kinds, tokens, now)
+                                 kind in kinds, tokens, now, (stated or {}).get(kind))
             if status == 429:
                 if state["cwnd"] is None or sent >= state["cut_at"]:  # one cut per congestion event
                     before = state["cwnd"] if state["cwnd"] is not None else len(state["flight"]) + 1
@@ -365,13 +385,15 @@ class Pacer:
             self._update(learn)
 
     @staticmethod
-    def _learn_kind(state, k, kind, this, status, header, limited, tokens, now) -> None:
+    def _learn_kind(state, k, kind, this, status, header, limited, tokens, now, stated=None) -> None:
         limit, remaining, reset = header
         sent = this[0]
         # ours that the server surely counted in this answer: answered before this attempt left,
         # and sent within the minute before it answered (so admitted inside its window)
         window = now - WINDOW
         sure = sum(_amount(e, kind) for e in state["done"] if e is this or (e[1] <= sent and e[0] > window))
+        if limit is None and stated is not None and stated >= sure:
+            limit = stated  # no header said it, the 429's message did (if it fits what was admitted)
         counted = sure
         if status < 400:
             # the server admits in arrival order: what left before this attempt was counted too,

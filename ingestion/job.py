@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ingestion import cutting, file_queue, outcomes, paths, scan, splitter, state, textfile
+from ingestion import cutting, file_queue, outcomes, paths, scan, splitter, state, textfile, unwritten
 from ingestion.errors import (EXIT_API_DOWN, EXIT_BUG, EXIT_BUSY, EXIT_FILE_FAILED, EXIT_MEMORY, EXIT_OK,
                               ApiRejected, ApiUnavailable, ConfigError, FileRejected, HeldElsewhere, IngestionError,
                               OutOfMemory, StateFileError)
@@ -150,6 +150,7 @@ def ingest_path(cfg: Config, path: str | None, stop: StopFlag) -> int:
         return EXIT_OK
     try:
         with Store(cfg) as store:
+            unwritten.restore(cfg, store)
             return ingest_claimed(cfg, claimed, store, embedder, stop)
     finally:
         with state.transaction(cfg):  # the checkpoint's journal folded into checkpoint.json

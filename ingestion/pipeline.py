@@ -11,12 +11,15 @@ Order of work, so that nothing is lost and nothing is paid twice:
    (EMBED_BATCH_SIZE x EMBED_CONCURRENCY vectors, at most WRITE_VECTORS) or FLUSH_SECONDS
    of work, and always before the next group is embedded: a crash loses at most one
    round of paid requests, as without coalescing;
-5. on any error, vectors already paid for are still written before it is raised;
+5. on any error, vectors already paid for are still written before it is raised; when the
+   store cannot take them (its worker killed, its server gone), they are kept on disk
+   (unwritten.py) and written when the next run starts;
 6. only when the whole file is stored are its chunks that are no longer part of it
    deleted (never delete first), and the file recorded as done in the store.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -24,12 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ingestion import cutting, schema, textfile
+from ingestion import cutting, schema, textfile, unwritten
 from ingestion.errors import Interrupted, OutOfMemory
 from ingestion.hashing import chunk_id, sha256_text
 from ingestion.procinfo import rss_mb
 from ingestion.settings import Config
 from ingestion.store import Store
+
+log = logging.getLogger("ingestion")
 
 MAX_REQUEST_TOKENS = 250_000  # the API allows 300,000 per request; keep a margin
 GROUP_CHUNKS = 256            # chunks planned together (one content lookup)
@@ -132,10 +137,10 @@ def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[lis
                 _embed_group(pool, embed, todo, writer, result, cfg, should_stop, after_batch)
                 writer.flush()
         except MemoryError:
-            _keep_paid(writer)
+            _keep_paid(cfg, writer)
             raise OutOfMemory("MemoryError while ingesting") from None
         except BaseException:
-            _keep_paid(writer)
+            _keep_paid(cfg, writer)
             raise
     if not part:
         result.removed = store.remove_stale(source, result.ids, stored)
@@ -143,13 +148,22 @@ def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[lis
     return result
 
 
-def _keep_paid(writer: _Writer) -> None:
-    """An error: still write the vectors already paid for (the error itself is raised by the caller)."""
+def _keep_paid(cfg: Config, writer: _Writer) -> None:
+    """An error: still write the vectors already paid for, or keep them on disk when the store cannot
+    take them (the error itself is raised by the caller)."""
+    writer.waiting = w = [r for r in writer.waiting if r.vector is not None]
     try:
-        writer.waiting = [r for r in writer.waiting if r.vector is not None]
         writer.flush()
+        return
     except Exception:
         pass
+    try:
+        path = unwritten.save(cfg, [r.id for r in w], [r.vector for r in w], [r.text for r in w], [r.meta for r in w])
+        log.warning("the store did not take %d paid vectors: kept in %s, written when the next run starts",
+                    len(w), path)
+    except Exception as e:
+        log.error("the store did not take %d paid vectors and they could not be kept (%s): they will be "
+                  "embedded again", len(w), e)
 
 
 def _plan(store: Store, stored: dict[str, dict], group: list[cutting.Cut], source: str, file_sha256: str,

@@ -35,7 +35,8 @@ _CUT = "giwo"  # how files are cut: part of a collection's record
 SETTINGS = [
     Setting("TRANSCRIPTS_DIR", "/app/10K2Kv2", "folder scanned recursively for *.txt", "giwa"),
     Setting("CHECKPOINT_DIR", "/app/checkpoints",
-            "holds file_queue.json, checkpoint.json and split parts (splits/)", "giwa"),
+            "holds file_queue.json, checkpoint.json, split parts (splits/) and paid vectors waiting to be "
+            "stored (unwritten/)", "giwa"),
     Setting("CHROMA_PATH", "/app/chroma_db", "embedded ChromaDB directory (PersistentClient)", _STORE),
     Setting("CHROMA_COLLECTION", "transcripts", "collection name (cosine space)", _STORE),
     Setting("CHROMA_HOST", None, "when set, use a Chroma server (HttpClient) instead of CHROMA_PATH", _STORE),

@@ -3,8 +3,9 @@
 Before work: checks everything that can be known before paying (job.check_ready: the
 key and the model asked of the API, the store opened and checked), builds the queue if
 there is none (or rebuilds it when it describes another collection), returns stale
-`processing` entries (owner gone, or lease expired) to pending, and finishes split files
-whose parts are all stored. Then, MAX_ITERATIONS files (0: until the queue is empty),
+`processing` entries (owner gone, or lease expired) to pending, writes the vectors an
+earlier run paid for but could not store (unwritten.py), and finishes split files whose
+parts are all stored. Then, MAX_ITERATIONS files (0: until the queue is empty),
 children claim a file, ingest it and record its outcome (FILES_PER_CHILD files, then the
 child exits); FILE_CONCURRENCY children run side by side.
 
@@ -36,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingestion import checkpoint, file_queue, job, outcomes, procinfo, progress, scan, state
+from ingestion import checkpoint, file_queue, job, outcomes, procinfo, progress, scan, state, unwritten
 from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUG, EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK,
                               IngestionError, outcome_name)
 from ingestion.settings import Config
@@ -89,10 +90,11 @@ def prepare(cfg: Config) -> int:
         log.warning("%s", warning)
     for path in stale:
         log.warning("returned %s to pending: its process is gone or its lease expired", path)
-    if ready:
+    if ready or unwritten.waiting(cfg):
         from ingestion.store import Store
 
         with Store(cfg) as store:
+            unwritten.restore(cfg, store)  # before any file is claimed: its re-run finds them stored
             for original in ready:
                 job.finalize_split(cfg, original, store)
     return pending
@@ -270,7 +272,13 @@ def child_main(owner_pid: int, budget: int, held: list[str], report, link=None) 
 def _fork_child(owner_pid: int, budget: int, held: list[str], conn, store_conn) -> None:
     from ingestion.store_link import StoreLink
 
-    code = child_main(owner_pid, budget, held, lambda c, p, w: conn.send((c, p, w)), StoreLink(store_conn))
+    def report(code: int, path: str, why: str) -> None:
+        try:
+            conn.send((code, path, why))
+        except OSError:  # the worker is gone (killed): the queue holds the file's fate anyway
+            pass
+
+    code = child_main(owner_pid, budget, held, report, StoreLink(store_conn))
     conn.close()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -22,7 +22,7 @@ from ingestion.procinfo import pid_alive
 CORPUS = {f"day{n}/session-{n}.txt": "\n\n".join(
     f"[00:{m:02d}:00] SPEAKER{m % 3}: " + SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}-{m}")
     for m in range(20)) for n in range(6)}
-# one chunk a request, one request in flight: a kill loses at most one paid chunk, so the
+# one chunk a request, one request in flight a file: a child's kill loses at most one paid chunk, so the
 # 10% bound on tokens holds on this small corpus as it does on a real one
 SLOW = {"EMBED_BATCH_SIZE": "1", "EMBED_CONCURRENCY": "1"}
 
@@ -128,6 +128,31 @@ def test_kill_9_of_the_worker_at_random_moments(project, api, clean, seed):
         wait_for_orphans(project)
     api.set_faults(latency_ms=0)
     finish_and_compare(project, clean, api)
+
+
+def test_answers_that_reach_children_after_the_worker_is_killed_are_not_paid_again(project, api, clean):
+    """The worker holds the store; a kill -9 of it leaves its children with paid answers and nowhere to
+    write them. They keep them on disk (checkpoints/unwritten) and the next run writes them first."""
+    fill(project)
+    api.set_faults(latency_ms=1500)  # every child has a request in flight when the worker dies
+    worker = start_worker(project)
+    assert child_pid(project, timeout=60), "no child ever claimed a file"
+    time.sleep(2.0)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    wait_for_orphans(project)
+    err = worker.communicate(timeout=60)[1]  # (to its end: the children write to the worker's stderr)
+    assert "Traceback" not in err, err[-3000:]
+    kept = list((project.checkpoints / "unwritten").glob("*.json"))
+    assert kept, "no paid vector was kept: the kill hit no request in flight"
+    api.set_faults(latency_ms=0)
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", **SLOW)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "paid for in an earlier run" in r.stderr, r.stderr[-2000:]
+    assert not list((project.checkpoints / "unwritten").glob("*.json"))
+    content, clean_tokens = clean
+    assert project.content() == content
+    assert api.stats()["tokens"] == clean_tokens  # not one chunk paid twice
 
 
 def test_oom_kill_splits_the_file_and_finishes_it(project, api):

@@ -31,9 +31,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_chroma(data: Path) -> tuple[subprocess.Popen, dict]:
-    """A real Chroma server (`chroma run`, from the chromadb package) on a free loopback port."""
-    port = free_port()
+def start_chroma(data: Path, port: int | None = None) -> tuple[subprocess.Popen, dict]:
+    """A real Chroma server (`chroma run`, from the chromadb package) on a free loopback port (or on port)."""
+    port = port or free_port()
     chroma = Path(sys.executable).with_name("chroma")
     proc = subprocess.Popen([str(chroma), "run", "--path", str(data), "--host", "127.0.0.1",
                              "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -226,6 +226,19 @@ def test_a_server_lost_mid_run_releases_the_file_and_stops_the_run(project, api,
     q = project.queue
     assert q["failed"] == [] and q["processing"] == [], q
     assert q["pending"] and all(q["files"][p].get("attempts", 0) == 0 for p in q["pending"])
+    # the answer in flight when the server went was paid: kept on disk, written when it is back
+    assert list((project.checkpoints / "unwritten").glob("*.json")), err
+    proc, env = start_chroma(tmp_path / "server-data", port=int(env["CHROMA_PORT"]))
+    try:
+        r = project.run("process_queue_worker.py", MAX_ITERATIONS="0")
+        stored = sum(m["token_count"] for _, m in server_chunks(env).values())
+    finally:
+        proc.kill()
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert api.stats()["tokens"] == stored  # not one chunk paid twice
+    assert "paid for in an earlier run" in r.stderr, r.stderr
+    assert not list((project.checkpoints / "unwritten").glob("*.json"))
+    assert project.queue["completed"] and not project.queue["pending"]
 
 
 def test_two_shard_workers_start_at_once_on_a_fresh_server(project, api, chroma_server):

@@ -276,3 +276,32 @@ def test_children_started_side_by_side_report_their_own_exit_code(tmp_path):
     script.write_text(CHILDREN_SIDE_BY_SIDE)
     r = subprocess.run([sys.executable, str(script), str(ROOT), "locked"], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[0] 200", r.stdout + r.stderr
+
+
+def test_paid_vectors_the_store_did_not_take_are_written_once_for_their_store(cfg, tmp_path, monkeypatch):
+    import numpy as np
+
+    from ingestion import schema, unwritten
+    from ingestion.store import Store
+
+    monkeypatch.setenv("CHROMA_PATH", str(tmp_path / "chroma"))
+    cfg = settings.load()
+    with state.transaction(cfg) as (q, _):
+        q["pending"].append("/tx/a.txt")
+        q["completed"].append("/tx/done.txt")  # finished since: what was kept of it is stale or there already
+    rnd = np.random.default_rng(0)
+    vectors = [rnd.random(1536, dtype=np.float32) for _ in range(2)]
+    metas = [schema.chunk_metadata(src, 0, 3, f"sha-{n}", "file-sha", "", "", [], "utf-8", 1)
+             for n, src in enumerate(["/tx/a.txt", "/tx/done.txt"])]
+    unwritten.save(cfg, ["id-a", "id-done"], vectors, ["text a", "text done"], metas)
+    monkeypatch.setenv("CHROMA_COLLECTION", "another")
+    other = unwritten.save(settings.load(), ["id-x"], vectors[:1], ["x"], metas[:1])
+    (unwritten.folder(cfg) / "torn.json").write_text('{"store": ')
+    with Store(cfg) as store:
+        assert unwritten.restore(cfg, store) == 1
+        got = store.get(["id-a", "id-done"], include=("documents", "metadatas", "embeddings"))
+        assert got["ids"] == ["id-a"] and got["documents"] == ["text a"] and got["metadatas"] == [metas[0]]
+        assert np.allclose(got["embeddings"][0], vectors[0], rtol=1e-6, atol=0)  # (the index keeps them its way)
+        assert unwritten.restore(cfg, store) == 0  # written once: its file is gone
+    assert unwritten.waiting(cfg) == [other]  # another collection's: left for a run on it
+    assert (unwritten.folder(cfg) / "torn.json.damaged").exists()

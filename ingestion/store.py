@@ -19,6 +19,7 @@ CHROMA_PATH/.ingestion.lock until it closes it. Through a server, no lock is nee
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -37,6 +38,7 @@ from ingestion.settings import Config
 
 log = logging.getLogger(__name__)
 
+READER_WAIT = 60.0        # seconds a worker waits for a brief reader (--status, a query) of the embedded store
 PAGE = 1000              # records per page when listing a collection
 MIN_FREE_BYTES = 32 * 2**20  # embedded mode: free disk space below which nothing is written
 RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failing store call
@@ -111,7 +113,7 @@ class Store:
         self.stamped = False
         self.broken = ""  # why the store cannot be used any more in this process
         if not cfg.remote_store:
-            self._lock(wait)
+            self._lock(wait, brief=check in (None, "read"))
         try:
             self.client = make_client(cfg)
             self.max_batch = self.call(self.client.get_max_batch_size)
@@ -134,7 +136,10 @@ class Store:
             raise
 
     # ---- opening -----------------------------------------------------------------
-    def _lock(self, wait: bool) -> None:
+    def _lock(self, wait: bool, brief: bool) -> None:
+        """Hold CHROMA_PATH/.ingestion.lock while open; the file says who holds it ("reads PID": a
+        brief reader such as --status or a query; "writes PID"). wait=False still waits for a reader
+        (up to READER_WAIT seconds): a status look must not cost a cron run."""
         path = self.cfg.chroma_path / ".ingestion.lock"
         try:
             self.cfg.chroma_path.mkdir(parents=True, exist_ok=True)
@@ -145,13 +150,33 @@ class Store:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if not wait:
+            if wait:
+                log.info("waiting for the embedded store %s (another process is using it)", self.cfg.chroma_path)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            elif not self._reader_left(fd):
                 os.close(fd)
                 raise StoreBusy(f"the embedded store {self.cfg.chroma_path} is in use by another process (a worker "
                                 f"holds it for its whole run): nothing to do until it ends") from None
-            log.info("waiting for the embedded store %s (another process is writing to it)", self.cfg.chroma_path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{'reads' if brief else 'writes'} {os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
+
+    @staticmethod
+    def _reader_left(fd: int) -> bool:
+        """The lock is held by a brief reader: wait for it (True once we hold the lock)."""
+        end = time.monotonic() + READER_WAIT
+        while time.monotonic() < end:
+            try:
+                if not os.pread(fd, 64, 0).startswith(b"reads "):
+                    return False
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                time.sleep(0.1)
+            except OSError:
+                return False
+        return False
 
     def _get_collection(self, name: str):
         from chromadb.errors import NotFoundError

@@ -256,3 +256,27 @@ def test_a_second_worker_on_a_busy_embedded_store_exits_8_at_once(project, api, 
     assert first.wait(timeout=300) == 0
     api.set_faults(latency_ms=0)
     finish_and_compare(project, clean, api)
+
+
+READER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from ingestion import settings
+from ingestion.store import Store
+with Store(settings.load(), wait=False, check=None, create=False):  # as --status opens it
+    print("held", flush=True)
+    time.sleep(6)
+"""
+
+
+def test_a_worker_waits_for_a_status_look_instead_of_exiting_8(project, api, clean):
+    """--status (or a query) holds the embedded store for a moment: a cron run starting then must not be lost."""
+    fill(project)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(ROOT)], env=project.env, stdout=subprocess.PIPE,
+                              text=True)
+    assert reader.stdout.readline().strip() == "held"
+    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", **SLOW)
+    assert reader.wait(timeout=30) == 0
+    assert r.returncode == 0, r.stderr
+    finish_and_compare(project, clean, api)
+

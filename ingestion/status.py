@@ -5,7 +5,7 @@ import re
 from collections import Counter
 from datetime import datetime
 
-from ingestion import checkpoint, file_queue, state
+from ingestion import checkpoint, file_queue, state, unwritten
 from ingestion.errors import IngestionError, StoreBusy
 from ingestion.models import cost
 from ingestion.settings import Config
@@ -47,6 +47,9 @@ def collect(cfg: Config, with_store: bool = True) -> dict:
         "failed_by_reason": dict(Counter(reason_kind(file_queue.reason(q, p))
                                          for p in file_queue.paths(q, "failed")).most_common()),
     }
+    kept = unwritten.waiting(cfg)
+    if kept:
+        info["unwritten"] = {"files": len(kept), "folder": str(unwritten.folder(cfg))}
     recent = sorted(((t, d) for d in done if (t := _when(d.get("timestamp"))) is not None),
                     key=lambda pair: pair[0])[-RECENT:]
     if len(recent) >= 2:
@@ -92,6 +95,10 @@ def render(info: dict) -> str:
         eta = f"; ETA {info['eta_hours']:.1f} h" if info.get("eta_hours") is not None else ""
         lines.append(f"throughput: {t['files_per_hour']:,} files/h, {t['tokens_per_minute']:,} tokens/min over the "
                      f"last {t['over_last_files']} files{eta}")
+    if "unwritten" in info:
+        u = info["unwritten"]
+        lines.append(f"unwritten: {u['files']} file(s) of paid vectors the store did not take, in {u['folder']}; "
+                     "the next run writes them first")
     for reason, n in info["failed_by_reason"].items():
         lines.append(f"failed x{n}: {reason}")
     return "\n".join(lines)

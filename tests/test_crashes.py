@@ -145,6 +145,8 @@ def test_answers_that_reach_children_after_the_worker_is_killed_are_not_paid_aga
     assert "Traceback" not in err, err[-3000:]
     kept = list((project.checkpoints / "unwritten").glob("*.json"))
     assert kept, "no paid vector was kept: the kill hit no request in flight"
+    status = project.run("process_queue_worker.py", "--status")
+    assert f"unwritten: {len(kept)} file(s) of paid vectors" in status.stdout, status.stdout + status.stderr
     api.set_faults(latency_ms=0)
     r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", **SLOW)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -22,7 +22,8 @@ Capacity, from whatever the answers carry:
 - remaining without a limit (Azure-style sets): the largest capacity seen stands in
   for the limit.
 - no headers, but a 429 whose message names the limit, as OpenAI's do ("on tokens per
-  min (TPM): Limit 30000, Used ..."): from that 429 on, as with the limit header.
+  min (TPM): Limit 30000, Used ..."): from that 429 on, as with the limit header, for
+  STATED_FOR (an account's limit may be raised; nothing else would ever tell us).
 - nothing at all: learned from 429s. Attempts in flight on the machine start at
   BARE_CWND (files side by side would otherwise all be in flight when the window fills).
   A 429 means the window is full: capacity becomes
@@ -62,6 +63,7 @@ BARE_CWND = 4          # attempts in flight (all processes) at first when answer
 MERGE_ABOVE = 200      # answered attempts kept one by one in the state file; more are merged by second
 GROWTH = 1.125         # a learned limit is probed this much higher ...
 PROBE_AFTER = 120.0    # ... after this long served at it without a 429
+STATED_FOR = 3600.0    # a limit named only by a 429's message is believed this long
 STALE_FLIGHT = 900.0   # an attempt in flight this long belongs to a process that is gone
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 
@@ -145,7 +147,7 @@ def stated_limits(body: bytes) -> dict[str, int]:
 
 def _new_kind() -> dict:
     return {"limit": None, "learned": None, "cap": None, "cap_at": 0.0, "cap_until": 0.0,
-            "last_429": 0.0, "served_since": None, "probed_at": 0.0}
+            "last_429": 0.0, "served_since": None, "probed_at": 0.0, "stated_until": None}
 
 
 def _new_state() -> dict:
@@ -283,6 +285,9 @@ class Pacer:
                 m[3] += q
             done = list(merged.values())
         state["done"] = done
+        for k in state["kinds"].values():
+            if k.get("stated_until") is not None and now > k["stated_until"]:
+                k.update(limit=None, stated_until=None)  # named by a 429 long ago: learn it again
 
     @staticmethod
     def _used(state: dict, kind: str) -> float:
@@ -392,8 +397,11 @@ class Pacer:
         # and sent within the minute before it answered (so admitted inside its window)
         window = now - WINDOW
         sure = sum(_amount(e, kind) for e in state["done"] if e is this or (e[1] <= sent and e[0] > window))
-        if limit is None and stated is not None and stated >= sure:
+        if limit is not None:
+            k["stated_until"] = None
+        elif stated is not None and stated >= sure:
             limit = stated  # no header said it, the 429's message did (if it fits what was admitted)
+            k["stated_until"] = now + STATED_FOR
         counted = sure
         if status < 400:
             # the server admits in arrival order: what left before this attempt was counted too,

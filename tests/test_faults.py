@@ -235,6 +235,18 @@ def test_a_429_that_names_the_limit_teaches_it(tmp_path):
         pacer.after(pacer.before(5_000), 200, {})  # no rate-limit headers; 5,000 tokens admitted
         pacer.after(pacer.before(900), 429, {}, ("tokens",), stated_limits(body(named)))
         assert json.loads(path.read_text())["kinds"]["tokens"]["limit"] == believed
+    path = tmp_path / "30000.json"  # believed for an hour (an account's limit may be raised), then learned again
+    state = json.loads(path.read_text())
+    state["kinds"]["tokens"].update(stated_until=time.time() + 5, cap_until=0.0)
+    path.write_text(json.dumps(state))
+    pacer = Pacer(path)
+    pacer.after(pacer.before(900), 200, {})
+    assert json.loads(path.read_text())["kinds"]["tokens"]["limit"] == 30_000
+    state = json.loads(path.read_text())
+    state["kinds"]["tokens"]["stated_until"] = time.time() - 1
+    path.write_text(json.dumps(state))
+    pacer.after(pacer.before(900), 200, {})
+    assert json.loads(path.read_text())["kinds"]["tokens"]["limit"] is None
     assert stated_limits(b'{"error": {"message": "on requests per min (RPM): Limit 1, Used 1"}}') == {}
 
 

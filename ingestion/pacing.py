@@ -59,7 +59,8 @@ KINDS = ("tokens", "requests")
 POLL = 0.05            # seconds between looks while waiting for an answer
 MAX_HOLD = 120.0       # the SDK does not retry after longer hints either
 MAX_CWND = 64          # above this, concurrency is no longer limited
-BARE_CWND = 4          # attempts in flight (all processes) at first when answers carry no rate-limit headers
+BARE_CWND = 2          # attempts in flight (all processes) at first when answers carry no rate-limit headers
+                       # (4 gave 4 x 429 where 2 gave 2 when a 200k TPM window first filled; AIMD grows it)
 MERGE_ABOVE = 200      # answered attempts kept one by one in the state file; more are merged by second
 GROWTH = 1.125         # a learned limit is probed this much higher ...
 PROBE_AFTER = 120.0    # ... after this long served at it without a 429

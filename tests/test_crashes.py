@@ -281,4 +281,3 @@ def test_a_worker_waits_for_a_status_look_instead_of_exiting_8(project, api, cle
     assert reader.wait(timeout=30) == 0
     assert r.returncode == 0, r.stderr
     finish_and_compare(project, clean, api)
-

@@ -17,6 +17,7 @@ import base64
 import logging
 import re
 import ssl
+import sys
 import threading
 
 import numpy as np
@@ -118,6 +119,26 @@ def tls_context() -> ssl.SSLContext:
 
         _TLS = ssl.create_default_context(cafile=certifi.where())
     return _TLS
+
+
+def warm_up() -> None:
+    """One embeddings request through the SDK, answered in memory (no socket): the fork server calls
+    it so that what the SDK builds on its first request (its platform headers, which run `uname -p`
+    in a subprocess; the response models' validators) is built once, not in every child (~20 ms each)."""
+    client_class = openai.DefaultHttpxClient
+    httpx = sys.modules[client_class.__mro__[1].__module__.split(".")[0]]  # httpx, or httpx2 in newer SDKs
+    vector = base64.b64encode(np.zeros(4, dtype="<f4").tobytes()).decode()
+
+    def answer(request):
+        return httpx.Response(200, json={"object": "list", "model": "warm-up", "usage": {"prompt_tokens": 1,
+                                         "total_tokens": 1}, "data": [{"object": "embedding", "index": 0,
+                                                                       "embedding": vector}]})
+
+    client = openai.OpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1", max_retries=0,
+                           http_client=client_class(transport=httpx.MockTransport(answer), verify=tls_context()))
+    raw = client.embeddings.with_raw_response.create(model="warm-up", input=["warm-up"], encoding_format="base64")
+    _vector(raw.parse().data[0].embedding)
+    client.close()
 
 
 def _message(error: openai.APIStatusError) -> str:

@@ -4,7 +4,8 @@ A child forked from the server costs a fork instead of ~2.5 s of imports. Nothin
 here may open a socket or a thread: the server only forks. Children do not open Chroma
 (they use the worker's store, see store_link), so chromadb is not imported here. Besides
 the packages, the modules they import lazily on first use (the HTTP stack of the openai
-client) are imported here, and the tokenizer's tables read.
+client) are imported here, the tokenizer's tables read, and the SDK's first request built
+(answered in memory, embeddings.warm_up).
 """
 import importlib
 
@@ -13,7 +14,7 @@ import openai  # noqa: F401
 from ingestion import job  # noqa: F401  (and with it the whole pipeline)
 from ingestion import embeddings, store_link  # noqa: F401
 from ingestion.chunking import encoding
-from ingestion.embeddings import tls_context
+from ingestion.embeddings import tls_context, warm_up
 
 LAZY = ["openai.resources.embeddings", "openai.lib._parsing._embeddings", "httpcore2", "h11",
         "anyio.streams.tls", "truststore", "numpy", "dotenv", "ctypes", "encodings.idna", "ingestion.cleanup"]
@@ -24,6 +25,10 @@ for name in LAZY:
     except ImportError:  # another version of a package: the child imports what it needs
         pass
 tls_context()  # the CA bundle, read once
+try:
+    warm_up()  # the SDK's first request, built once (answered in memory)
+except Exception:  # another SDK version: each child builds it on its first request
+    pass
 try:
     encoding()  # the tokenizer's tables, read once
 except Exception:  # the child will say so in one line

@@ -61,7 +61,7 @@ MAX_HOLD = 120.0       # the SDK does not retry after longer hints either
 MAX_CWND = 64          # above this, concurrency is no longer limited
 BARE_CWND = 2          # attempts in flight (all processes) at first when answers carry no rate-limit headers
                        # (4 gave 4 x 429 where 2 gave 2 when a 200k TPM window first filled; AIMD grows it)
-MERGE_ABOVE = 200      # answered attempts kept one by one in the state file; more are merged by second
+MERGE_ABOVE = 64       # answered attempts kept one by one in the state file; more are merged by second
 GROWTH = 1.125         # a learned limit is probed this much higher ...
 PROBE_AFTER = 120.0    # ... after this long served at it without a 429
 STATED_FOR = 3600.0    # a limit named only by a 429's message is believed this long
@@ -174,7 +174,6 @@ def _pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _flock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -196,6 +195,7 @@ class Pacer:
         self._local = threading.local()
         self._ids = itertools.count()
         self._warned = False
+        self._folder_made = False
 
     # -- what the Embedder uses --------------------------------------------------------
 
@@ -254,6 +254,10 @@ class Pacer:
 
     def _update(self, change):
         """Apply change(state, now) to the shared state under the lock; returns its result."""
+        with self._lock:
+            if not self._folder_made:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._folder_made = True
         with self._lock, _flock(self.path.with_suffix(".lock")):
             try:
                 state = json.loads(self.path.read_text())
@@ -261,7 +265,7 @@ class Pacer:
                     raise ValueError("old format")
             except (OSError, ValueError):
                 state = _new_state()
-            now = time.time()
+            now = round(time.time(), 3)  # (times to the millisecond: a shorter file to read and write)
             self._prune(state, now)
             result = change(state, now)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")

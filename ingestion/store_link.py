@@ -62,7 +62,12 @@ class Shared:
 
     Children side by side may meet the same text (a chunk two transcripts share). The first to
     look it up and miss it embeds it; a child that looks it up meanwhile waits (at most WAIT
-    seconds) until the first has written it, and then finds it stored: it is paid once."""
+    seconds) until the first has written it, and then finds it stored: it is paid once.
+
+    Writes that arrive while the store is busy are written together, in one call (a group commit):
+    Chroma's embedded upsert costs ~40 ms a call besides its vectors, so 4 files' vectors written at
+    once cost ~1 s less CPU over 50 files than 4 writes. Each child is answered only once its own
+    vectors are written, as before."""
 
     WAIT = 60.0
 
@@ -70,8 +75,13 @@ class Shared:
         self.store = store
         self.lock = threading.Condition()
         self.embedding: dict[str, object] = {}  # content hash -> the child embedding it
+        self.writes: list[_Write] = []           # adds waiting for the store (under writes_lock)
+        self.writes_lock = threading.Lock()
+        self.upserts = 0                         # store writes made (a test counts them)
 
     def call(self, child, name: str, args, kwargs):
+        if name == "add":
+            return self._add(_Write(child, *args, **kwargs))
         with self.lock:
             if name == "embeddings_by_content":
                 hashes = set(args[0])
@@ -81,10 +91,31 @@ class Shared:
             if name == "embeddings_by_content":
                 for h in hashes - set(value):
                     self.embedding.setdefault(h, child)
-            elif name == "add":
-                metadatas = kwargs["metadatas"] if "metadatas" in kwargs else args[3]
-                self._done(child, [m.get("content_sha256") for m in metadatas])
             return value
+
+    def _add(self, mine: "_Write") -> None:
+        with self.writes_lock:
+            self.writes.append(mine)
+        with self.lock:
+            while not mine.answered:  # no other thread wrote it meanwhile: write it, with all that waits
+                with self.writes_lock:
+                    batch, ids = [], set()
+                    for w in list(self.writes):  # (an id twice in one upsert is refused: never together)
+                        if ids.isdisjoint(w.ids):
+                            batch.append(w)
+                            ids.update(w.ids)
+                            self.writes.remove(w)
+                try:
+                    self.store.add(*(sum((getattr(w, f) for w in batch), []) for f in _Write.FIELDS))
+                    error = None
+                except Exception as e:  # every write of the batch failed: each child is told
+                    error = e
+                self.upserts += 1
+                for w in batch:
+                    w.answered, w.error = True, error
+                    self._done(w.child, [m.get("content_sha256") for m in w.metadatas])
+        if mine.error is not None:
+            raise mine.error
 
     def _done(self, child, hashes) -> None:
         for h in hashes:
@@ -96,6 +127,18 @@ class Shared:
         """A child's pipe is closed: what it was embedding is nobody's now."""
         with self.lock:
             self._done(child, [h for h, c in self.embedding.items() if c is child])
+
+
+class _Write:
+    """One child's add, waiting for the store."""
+    FIELDS = ("ids", "embeddings", "documents", "metadatas")
+
+    def __init__(self, child, ids, embeddings, documents, metadatas):
+        self.child = child
+        self.ids, self.embeddings, self.documents, self.metadatas = \
+            list(ids), list(embeddings), list(documents), list(metadatas)
+        self.answered = False
+        self.error: BaseException | None = None
 
 
 def serve(shared: Shared, conn) -> None:

@@ -305,3 +305,58 @@ def test_paid_vectors_the_store_did_not_take_are_written_once_for_their_store(cf
         assert unwritten.restore(cfg, store) == 0  # written once: its file is gone
     assert unwritten.waiting(cfg) == [other]  # another collection's: left for a run on it
     assert (unwritten.folder(cfg) / "torn.json.damaged").exists()
+
+
+def test_writes_that_wait_for_the_store_are_written_together_and_each_child_answered(cfg, tmp_path, monkeypatch):
+    import threading
+
+    import numpy as np
+
+    from ingestion import schema
+    from ingestion.errors import StoreError
+    from ingestion.store import Store
+    from ingestion.store_link import Shared
+
+    monkeypatch.setenv("CHROMA_PATH", str(tmp_path / "chroma"))
+    cfg = settings.load()
+    rnd = np.random.default_rng(0)
+
+    def write(n: int, ids=None):
+        ids = ids or [f"id-{n}-{k}" for k in range(3)]
+        metas = [schema.chunk_metadata(f"/tx/{n}.txt", k, 3, f"sha-{n}-{k}", "file-sha", "", "", [], "utf-8", 1)
+                 for k in range(len(ids))]
+        return ids, [rnd.random(1536, dtype=np.float32) for _ in ids], [f"text {n}"] * len(ids), metas
+
+    with Store(cfg) as store:
+        shared = Shared(store)
+        errors: list = []
+
+        def child(n: int, ids=None) -> None:
+            try:
+                shared.call(object(), "add", write(n, ids), {})
+            except StoreError as e:
+                errors.append(e)
+
+        with shared.lock:  # the store is busy: four children's writes wait for it
+            threads = [threading.Thread(target=child, args=(n,)) for n in range(3)]
+            threads.append(threading.Thread(target=child, args=(3, ["id-0-0"])))  # an id of another write
+            for t in threads:
+                t.start()
+            while len(shared.writes) < 4:
+                threading.Event().wait(0.01)
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads) and not errors
+        assert shared.upserts == 2  # the three that fit together in one write; the clashing id alone after
+        assert store.count() == 9 and store.get(["id-0-0"])["documents"][0] in ("text 0", "text 3")
+
+        store.broken = "the store went away"  # a failed write: every child of the batch is told
+        with shared.lock:
+            threads = [threading.Thread(target=child, args=(n,)) for n in (4, 5)]
+            for t in threads:
+                t.start()
+            while len(shared.writes) < 2:
+                threading.Event().wait(0.01)
+        for t in threads:
+            t.join(30)
+        assert [str(e) for e in errors] == ["the store went away"] * 2 and shared.upserts == 3

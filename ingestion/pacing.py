@@ -174,7 +174,11 @@ def _pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def _flock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # no checkpoint folder yet
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -195,7 +199,6 @@ class Pacer:
         self._local = threading.local()
         self._ids = itertools.count()
         self._warned = False
-        self._folder_made = False
 
     # -- what the Embedder uses --------------------------------------------------------
 
@@ -254,10 +257,6 @@ class Pacer:
 
     def _update(self, change):
         """Apply change(state, now) to the shared state under the lock; returns its result."""
-        with self._lock:
-            if not self._folder_made:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._folder_made = True
         with self._lock, _flock(self.path.with_suffix(".lock")):
             try:
                 state = json.loads(self.path.read_text())

@@ -337,26 +337,23 @@ def test_writes_that_wait_for_the_store_are_written_together_and_each_child_answ
             except StoreError as e:
                 errors.append(e)
 
-        with shared.lock:  # the store is busy: four children's writes wait for it
-            threads = [threading.Thread(target=child, args=(n,)) for n in range(3)]
-            threads.append(threading.Thread(target=child, args=(3, ["id-0-0"])))  # an id of another write
+        def while_the_store_is_busy(*writes) -> None:
+            """Each (n, ids) a child's write, all sent while the store is busy; then the store is free."""
+            threads = [threading.Thread(target=child, args=w) for w in writes]
+            with shared.lock:
+                for t in threads:
+                    t.start()
+                while len(shared.writes) < len(threads):
+                    threading.Event().wait(0.01)
             for t in threads:
-                t.start()
-            while len(shared.writes) < 4:
-                threading.Event().wait(0.01)
-        for t in threads:
-            t.join(30)
-        assert not any(t.is_alive() for t in threads) and not errors
+                t.join(30)
+            assert not any(t.is_alive() for t in threads)
+
+        while_the_store_is_busy((0,), (1,), (2,), (3, ["id-0-0"]))  # the last: an id of another write
+        assert not errors
         assert shared.upserts == 2  # the three that fit together in one write; the clashing id alone after
         assert store.count() == 9 and store.get(["id-0-0"])["documents"][0] in ("text 0", "text 3")
 
         store.broken = "the store went away"  # a failed write: every child of the batch is told
-        with shared.lock:
-            threads = [threading.Thread(target=child, args=(n,)) for n in (4, 5)]
-            for t in threads:
-                t.start()
-            while len(shared.writes) < 2:
-                threading.Event().wait(0.01)
-        for t in threads:
-            t.join(30)
+        while_the_store_is_busy((4,), (5,))
         assert [str(e) for e in errors] == ["the store went away"] * 2 and shared.upserts == 3

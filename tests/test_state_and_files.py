@@ -357,3 +357,24 @@ def test_writes_that_wait_for_the_store_are_written_together_and_each_child_answ
         store.broken = "the store went away"  # a failed write: every child of the batch is told
         while_the_store_is_busy((4,), (5,))
         assert [str(e) for e in errors] == ["the store went away"] * 2 and shared.upserts == 3
+
+
+def test_the_fork_servers_preload_opens_no_thread_or_socket_and_builds_the_sdks_first_request():
+    # children are forked from it: a thread or a socket there would be copied into every child
+    code = """
+import os, threading
+import ingestion.preload
+from openai import _base_client
+kinds = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        kinds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:  # (the listing's own descriptor, closed since)
+        pass
+print(threading.active_count(), sum(k.startswith("socket:") for k in kinds),
+      _base_client.platform_headers.cache_info().currsize)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0", "1"]  # one thread, no socket, the SDK's headers built once

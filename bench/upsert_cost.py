@@ -15,9 +15,14 @@ import argparse
 import os
 import resource
 import shutil
+import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ingestion import schema  # noqa: E402  (the metadata the pipeline writes)
 
 
 def cpu() -> float:
@@ -28,9 +33,8 @@ def cpu() -> float:
 def metadata(kind: str, call: int, k: int) -> dict:
     if kind == "one":
         return {"source": f"/tx/{call}.txt"}
-    return {"token_count": 258, "encoding": "utf-8", "part": "", "file_sha256": "e2d9" * 16,
-            "source": f"/tx/{call}.txt", "speakers": "JUSTICE GINSBURG", "content_sha256": os.urandom(32).hex(),
-            "chunk_index": k, "ingested_at": 1796003469, "start_time": ""}
+    return schema.chunk_metadata(f"/tx/{call}.txt", k, 258, os.urandom(32).hex(), "e2d9" * 16, "", "",
+                                 ["JUSTICE GINSBURG"], "utf-8", 1796003469)
 
 
 def run(vectors: int, dims: int, size: int, kind: str) -> float:

@@ -77,7 +77,7 @@ class Shared:
         self.embedding: dict[str, object] = {}  # content hash -> the child embedding it
         self.writes: list[_Write] = []           # adds waiting for the store (under writes_lock)
         self.writes_lock = threading.Lock()
-        self.upserts = 0                         # store writes made (a test counts them)
+        self.upserts = 0                         # store writes tried (a test counts them)
 
     def call(self, child, name: str, args, kwargs):
         if name == "add":

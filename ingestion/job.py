@@ -148,10 +148,16 @@ def ingest_path(cfg: Config, path: str | None, stop: StopFlag) -> int:
     if claimed is None:
         print("queue is empty: nothing to do")
         return EXIT_OK
+    ingesting = False
     try:
         with Store(cfg) as store:
             unwritten.restore(cfg, store)
+            ingesting = True  # (from here ingest_claimed records the file's fate itself)
             return ingest_claimed(cfg, claimed, store, embedder, stop)
+    except BaseException:
+        if not ingesting:  # the store failed to open (checked a moment ago): the claim goes back
+            outcomes.release(cfg, claimed.path)
+        raise
     finally:
         with state.transaction(cfg):  # the checkpoint's journal folded into checkpoint.json
             pass

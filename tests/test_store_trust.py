@@ -361,3 +361,25 @@ def test_no_tokenizer_file_is_one_line_before_anything_is_claimed(project, api, 
     assert q["processing"] == q["completed"] == q["failed"] == [] and len(q["pending"]) == 2, q
     assert all(q["files"][p].get("attempts", 0) == 0 for p in q["pending"])
     assert api.stats()["tokens"] == 0
+
+
+def test_a_store_that_fails_after_its_check_gives_the_claimed_file_back(project, api, monkeypatch):
+    """ingest_one_file.py checks the store, claims, then opens it: a failure in between (the disk
+    filling up, the server going away) must not leave the claim in `processing`."""
+    from ingestion import job, settings, store
+    from ingestion.errors import StoreError
+
+    class FailsToOpen(store.Store):
+        def __enter__(self):
+            raise StoreError("the store went away")
+
+    two_files(project)
+    for name, value in project.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(job, "Store", FailsToOpen)  # check_store (before the claim) opens the real one
+    with pytest.raises(StoreError):
+        job.ingest_path(settings.load(), None, job.StopFlag())
+    q = project.queue
+    assert q["processing"] == [] and q["failed"] == [] and len(q["pending"]) == 2, q
+    assert all(q["files"][p].get("attempts", 0) == 0 for p in q["pending"])
+    assert api.stats()["tokens"] == 0

@@ -25,7 +25,10 @@ Capacity, from whatever the answers carry:
   min (TPM): Limit 30000, Used ..."): from that 429 on, as with the limit header, for
   STATED_FOR (an account's limit may be raised; nothing else would ever tell us).
 - nothing at all: learned from 429s. Attempts in flight on the machine start at
-  BARE_CWND (files side by side would otherwise all be in flight when the window fills).
+  BARE_CWND (files side by side would otherwise all be in flight when the window fills),
+  and stay there until the first 429 or a window without one: each attempt in flight
+  when an unknown limit is first reached gets a 429 (grown by AIMD before it, 5 did where
+  2 do now).
   A 429 means the window is full: capacity becomes
   what we surely had in it (the limit is at least that), concurrency is halved (AIMD;
   it grows by one after a run of successes), everyone holds back for the server's
@@ -369,8 +372,9 @@ class Pacer:
             if status < 400 and not state.get("bare_seen") and all(v is None for kind in KINDS
                                                                    for v in limits[kind]):
                 state["bare_seen"] = True  # a server that sends no rate-limit headers: start the
-                if state["cwnd"] is None:  # machine's concurrency small, and let AIMD grow it
-                    state["cwnd"] = BARE_CWND
+                if state["cwnd"] is None:  # machine's concurrency small; AIMD grows it after a 429
+                    state["cwnd"] = BARE_CWND  # or a window without one (each attempt in flight when
+                    state["grow_after"] = now + WINDOW  # the limit is first reached gets a 429)
             for kind in KINDS:
                 self._learn_kind(state, state["kinds"][kind], kind, this, status, limits[kind],
                                  kind in kinds, tokens, now, (stated or {}).get(kind))
@@ -382,7 +386,8 @@ class Pacer:
                     state["ok_run"] = 0
                 if hint:
                     state["hold_until"] = max(state["hold_until"], now + min(hint, MAX_HOLD))
-            elif status < 400 and state["cwnd"] is not None:
+                state["grow_after"] = 0.0  # the limit was found: AIMD from here
+            elif status < 400 and state["cwnd"] is not None and now >= state.get("grow_after", 0.0):
                 state["ok_run"] += 1
                 if state["ok_run"] >= state["cwnd"]:
                     state["cwnd"] += 1

@@ -1,6 +1,7 @@
 """API faults through the real SDK and the local server: the run ends as a clean one would."""
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -220,8 +221,6 @@ def test_partial_headers_still_pace(project, api, rate_limit_headers, which):
 def test_a_429_that_names_the_limit_teaches_it(tmp_path):
     """No headers, but OpenAI's 429 says "on tokens per min (TPM): Limit N": the pacer takes N as the
     limit, unless the server already admitted more of ours in the window than N (then not believed)."""
-    import json
-
     from ingestion.pacing import Pacer, stated_limits
 
     def body(limit):
@@ -248,6 +247,27 @@ def test_a_429_that_names_the_limit_teaches_it(tmp_path):
     pacer.after(pacer.before(900), 200, {})
     assert json.loads(path.read_text())["kinds"]["tokens"]["limit"] is None
     assert stated_limits(b'{"error": {"message": "on requests per min (RPM): Limit 1, Used 1"}}') == {}
+
+
+def test_without_headers_concurrency_grows_only_after_a_429_or_a_quiet_window(tmp_path):
+    """Every attempt in flight when an unknown limit is first reached gets a 429: until the first
+    429 (or a whole window without one), the machine keeps BARE_CWND attempts in flight."""
+    from ingestion.pacing import BARE_CWND, Pacer
+
+    def cwnd_after(path, answers):
+        pacer = Pacer(path)
+        for status in answers:
+            pacer.after(pacer.before(100), status, {})
+        return json.loads(path.read_text())["cwnd"]
+
+    quiet, limited = tmp_path / "quiet.json", tmp_path / "limited.json"
+    assert cwnd_after(quiet, [200] * 12) == BARE_CWND  # (AIMD alone: 5)
+    state = json.loads(quiet.read_text())
+    state["grow_after"] = time.time() - 1  # a window has passed without a 429
+    quiet.write_text(json.dumps(state))
+    assert cwnd_after(quiet, [200] * 12) > BARE_CWND
+    cwnd_after(limited, [200] * 3 + [429])  # the limit found: AIMD from here (halved, then grown)
+    assert json.loads(limited.read_text())["grow_after"] == 0
 
 
 def test_no_headers_learns_the_limit_from_429s(project, api, rate_limit_headers):

@@ -38,7 +38,8 @@ Capacity, from whatever the answers carry:
 Every attempt, the SDK's own retries included, passes through the pacer (httpx event
 hooks on the SDK's client), so retries after a 429 do not stampede either. The state
 is a small JSON file under a flock; a process that dies with attempts in flight
-leaves them to be counted as sent.
+leaves them to be counted as sent. An attempt waiting for room looks every POLL
+seconds and only reads it.
 """
 from __future__ import annotations
 
@@ -258,8 +259,9 @@ class Pacer:
 
     # -- the shared state ---------------------------------------------------------------
 
-    def _update(self, change):
-        """Apply change(state, now) to the shared state under the lock; returns its result."""
+    def _update(self, change, unchanged=lambda result: False):
+        """Apply change(state, now) to the shared state under the lock; returns its result.
+        unchanged(result): change only looked (the file is not written again)."""
         with self._lock, _flock(self.path.with_suffix(".lock")):
             try:
                 state = json.loads(self.path.read_text())
@@ -270,6 +272,8 @@ class Pacer:
             now = round(time.time(), 3)  # (times to the millisecond: a shorter file to read and write)
             self._prune(state, now)
             result = change(state, now)
+            if unchanged(result):  # (what _prune dropped, the next writer drops too)
+                return result
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(state, separators=(",", ":")))
             os.replace(tmp, self.path)
@@ -348,7 +352,7 @@ class Pacer:
                 state["flight"][ident] = [os.getpid(), now, tokens]
             return wait
 
-        while (wait := self._update(take)) > 0:
+        while (wait := self._update(take, unchanged=lambda wait: wait > 0)) > 0:  # (waiting: only looked)
             if wait > 1:
                 log.debug("pacing: waiting %.1fs to stay under the rate limit", wait)
             time.sleep(min(wait, 1.0))

@@ -270,6 +270,28 @@ def test_without_headers_concurrency_grows_only_after_a_429_or_a_quiet_window(tm
     assert json.loads(limited.read_text())["grow_after"] == 0
 
 
+def test_an_attempt_waiting_for_room_only_reads_the_pacing_file(tmp_path):
+    """Waiting attempts look at the shared state every POLL seconds; they do not rewrite it (at 16
+    waiting threads that was ~0.2 CPU-s a second of the run), and go as soon as there is room."""
+    from ingestion.pacing import Pacer
+
+    path = tmp_path / "ratelimit.json"
+    pacer = Pacer(path)
+    pacer.after(pacer.before(100), 200, {})  # no headers: the machine's concurrency is now BARE_CWND
+    first, second = pacer.before(100), pacer.before(100)
+    written = path.stat().st_mtime_ns
+    waiting = threading.Thread(target=pacer.before, args=(100,), daemon=True)
+    waiting.start()
+    try:
+        time.sleep(0.5)  # ~10 looks
+        assert waiting.is_alive() and path.stat().st_mtime_ns == written
+    finally:
+        pacer.after(first, 200, {})
+        waiting.join(timeout=5)
+    assert not waiting.is_alive()
+    pacer.after(second, 200, {})
+
+
 def test_no_headers_learns_the_limit_from_429s(project, api, rate_limit_headers):
     """No rate-limit headers at all, a job of ~2.5 limits: the first window fills unknowingly
     (one 429 per request then in flight, EMBED_CONCURRENCY=4), after that the pacer knows

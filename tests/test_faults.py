@@ -310,7 +310,8 @@ def test_files_side_by_side_without_full_headers_fail_no_file(project, api, rate
     sends no or only some rate-limit headers: every file stored once, 429s a small share of requests
     (measured on this job: 3 with only remaining-*; without headers 7 before the first 429's message
     ("Limit N") taught the limit, then 4 and 5 in two runs with BARE_CWND 4: the attempts in
-    flight when the window first fills, which AIMD has grown from BARE_CWND by then)."""
+    flight when the window first fills; since then the machine keeps BARE_CWND in flight until
+    the first 429 or a quiet window)."""
     rate_limit_headers(which)
     limit = 24_000
     stats, elapsed = paced_job(project, api, limit)

@@ -1,6 +1,7 @@
 """Imported once by the worker's fork server, so that each child starts with it all loaded.
 
-A child forked from the server costs a fork instead of ~2.5 s of imports. Nothing
+A child forked from the server costs a fork instead of ~2.5 s of imports, as long as
+the modules the worker's script imports are here too (see below). Nothing
 here may open a socket or a thread: the server only forks. Children do not open Chroma
 (they use the worker's store, see store_link), so chromadb is not imported here. Besides
 the packages, the modules they import lazily on first use (the HTTP stack of the openai
@@ -13,6 +14,9 @@ import openai  # noqa: F401
 
 from ingestion import job  # noqa: F401  (and with it the whole pipeline)
 from ingestion import embeddings, store_link  # noqa: F401
+# each child re-runs the worker's script as __mp_main__ (multiprocessing's spawn.prepare): what it imports
+# must be here already, or every child imports it again (~25 ms and ~1,400 page copies a child)
+from ingestion import cli, status, worker  # noqa: F401
 from ingestion.chunking import encoding
 from ingestion.embeddings import tls_context, warm_up
 

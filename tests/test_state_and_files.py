@@ -359,6 +359,14 @@ def test_writes_that_wait_for_the_store_are_written_together_and_each_child_answ
         assert [str(e) for e in errors] == ["the store went away"] * 2 and shared.upserts == 3
 
 
+def _after_preload(code: str) -> subprocess.CompletedProcess:
+    """code run by a fresh interpreter from the project's root (code imports the preload first), checked."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    return out
+
+
 def test_the_fork_servers_preload_opens_no_thread_or_socket_and_builds_the_sdks_first_request():
     # children are forked from it: a thread or a socket there would be copied into every child
     code = """
@@ -374,9 +382,7 @@ for fd in os.listdir("/proc/self/fd"):
 print(threading.active_count(), sum(k.startswith("socket:") for k in kinds),
       _base_client.platform_headers.cache_info().currsize)
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr
+    out = _after_preload(code)
     assert out.stdout.split() == ["1", "0", "1"]  # one thread, no socket, the SDK's headers built once
 
 
@@ -390,7 +396,5 @@ before = set(sys.modules)
 runpy.run_path("ingestion/process_queue_worker.py", run_name="__mp_main__")
 print(sorted(set(sys.modules) - before))
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert out.returncode == 0, out.stderr
+    out = _after_preload(code)
     assert out.stdout.strip() == "[]"

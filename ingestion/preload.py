@@ -15,7 +15,7 @@ import openai  # noqa: F401
 from ingestion import job  # noqa: F401  (and with it the whole pipeline)
 from ingestion import embeddings, store_link  # noqa: F401
 # each child re-runs the worker's script as __mp_main__ (multiprocessing's spawn.prepare): what it imports
-# must be here already, or every child imports it again (~25 ms and ~1,400 page copies a child)
+# must be here already, or every child imports it again (~25 ms and ~1,000 page faults a child)
 from ingestion import cli, status, worker  # noqa: F401
 from ingestion.chunking import encoding
 from ingestion.embeddings import tls_context, warm_up

@@ -36,7 +36,7 @@ class Embedder:
         key = api_key()
         self.model = cfg.embedding_model
         self.dimensions = cfg.embedding_dimensions
-        self.pacer = Pacer(cfg.checkpoint_dir / "ratelimit.json")
+        self.pacer = Pacer(cfg.checkpoint_dir / "ratelimit.json", cfg.rate_limit_window)
         self.client = openai.OpenAI(api_key=key, max_retries=cfg.openai_max_retries, timeout=cfg.openai_timeout,
                                     http_client=openai.DefaultHttpxClient(event_hooks=self.pacer.event_hooks(),
                                                                           verify=tls_context()))

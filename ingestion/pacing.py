@@ -1,23 +1,29 @@
 """Pacing of embeddings requests under the API's per-minute limits, shared by every process on this machine.
 
-What the API counts: what it admitted in the last minute, against a tokens-per-minute
-and a requests-per-minute limit. OpenAI's limiter refills continuously; the local test
-server keeps a sliding 60 s log. Either way, "the limit less what was admitted in the
-last 60 s" is never more than what is really free, so the pacer keeps a 60 s log of the
-attempts this machine sent (every process using the same checkpoint folder: each file
-may be ingested by its own process) and answers one question before each attempt:
-is there room for it?
+What the API counts: what it admitted in the last window (OpenAI's: a minute), against a
+tokens-per-minute and a requests-per-minute limit. OpenAI's limiter refills continuously;
+the local test server keeps a sliding log. Either way, "the limit less what was admitted
+in the last window" is never more than what is really free, so the pacer keeps a log of
+the attempts this machine sent over one window (every process using the same checkpoint
+folder: each file may be ingested by its own process) and answers one question before
+each attempt: is there room for it?
 
-    room = capacity - (what the log holds from the last 60 s) - (what is in flight)
+    room = capacity - (what the log holds from the last window) - (what is in flight)
+
+The window: what the answers say. `x-ratelimit-reset-*` is the time until the limit is
+back to its initial state at the API's refill rate (limit per window), so with the limit
+and what remains it gives the window: reset x limit / (limit - remaining) (60 s from
+OpenAI). Until an answer carrying all three says it (or where none ever does),
+RATE_LIMIT_WINDOW_SECONDS (60).
 
 Capacity, from whatever the answers carry:
 - `x-ratelimit-remaining-*`: the truth at the moment of that answer. Capacity becomes
   remaining + what of ours the server had counted in it (attempts sent before this one,
-  within the last minute: the server admits in arrival order); what we sent after it,
+  within the last window: the server admits in arrival order); what we sent after it,
   still in flight or answered meanwhile, is taken off it. Between answers, room grows
-  only as our own attempts leave the 60 s window (no refill is assumed); a new answer
+  only as our own attempts leave the window (no refill is assumed); a new answer
   replaces the estimate. Others using the same key show up as a lower capacity, held
-  until `x-ratelimit-reset-*` (at most 60 s).
+  until `x-ratelimit-reset-*` (at most a window).
 - `x-ratelimit-limit-*` alone: capacity is the limit (our log tells what is used).
 - remaining without a limit (Azure-style sets): the largest capacity seen stands in
   for the limit.
@@ -32,7 +38,7 @@ Capacity, from whatever the answers carry:
   A 429 means the window is full: capacity becomes
   what we surely had in it (the limit is at least that), concurrency is halved (AIMD;
   it grows by one after a run of successes), everyone holds back for the server's
-  retry-after, and the learned limit is probed 12.5% higher only after two minutes
+  retry-after, and the learned limit is probed 12.5% higher only after two windows
   of being served at it without a 429 (a 429 each time it turns out too high).
 
 Every attempt, the SDK's own retries included, passes through the pacer (httpx event
@@ -58,7 +64,8 @@ from typing import Iterator
 
 log = logging.getLogger(__name__)
 
-WINDOW = 60.0          # the API's limits are per minute
+WINDOW = 60.0          # the API's limits are per minute (RATE_LIMIT_WINDOW_SECONDS), unless its answers say otherwise
+MIN_WINDOW, MAX_WINDOW = 1.0, 300.0  # a window learned from the headers is believed within these bounds
 KINDS = ("tokens", "requests")
 POLL = 0.05            # seconds between looks while waiting for an answer
 MAX_HOLD = 120.0       # the SDK does not retry after longer hints either
@@ -67,7 +74,7 @@ BARE_CWND = 2          # attempts in flight (all processes) at first when answer
                        # (4 gave 4 x 429 where 2 gave 2 when a 200k TPM window first filled; AIMD grows it)
 MERGE_ABOVE = 64       # answered attempts kept one by one in the state file; more are merged by second
 GROWTH = 1.125         # a learned limit is probed this much higher ...
-PROBE_AFTER = 120.0    # ... after this long served at it without a 429
+PROBE_AFTER = 2        # ... after this many windows served at it without a 429
 STATED_FOR = 3600.0    # a limit named only by a 429's message is believed this long
 STALE_FLIGHT = 900.0   # an attempt in flight this long belongs to a process that is gone
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -105,6 +112,19 @@ def read_limits(headers) -> dict:
                      _int(headers.get(f"x-ratelimit-remaining-{kind}")),
                      parse_duration(headers.get(f"x-ratelimit-reset-{kind}")))
     return out
+
+
+def window_of(limits: dict) -> float | None:
+    """The API's rate-limit window, from an answer's limit, remaining and reset of one kind (read_limits):
+    reset is the time to refill what is used at limit per window. None where no kind says enough
+    (a reset under half a second, or under 2% of the limit used, is too coarse to tell)."""
+    for kind in KINDS:
+        limit, remaining, reset = limits[kind]
+        if limit and remaining is not None and reset is not None and reset >= 0.5:
+            used = limit - remaining
+            if used >= 0.02 * limit:
+                return round(min(MAX_WINDOW, max(MIN_WINDOW, reset * limit / used)), 2)
+    return None
 
 
 def retry_hint(headers) -> float | None:
@@ -156,10 +176,10 @@ def _new_kind() -> dict:
 
 
 def _new_state() -> dict:
-    # done: [sent, answered, tokens counted, requests counted] of attempts answered in the last 60 s
+    # done: [sent, answered, tokens counted, requests counted] of attempts answered in the last window
     # flight: id -> [pid, sent, tokens] of attempts on their way
     return {"v": 2, "kinds": {k: _new_kind() for k in KINDS}, "done": [], "flight": {},
-            "seen": False, "cwnd": None, "ok_run": 0, "cut_at": 0.0, "hold_until": 0.0}
+            "seen": False, "cwnd": None, "ok_run": 0, "cut_at": 0.0, "hold_until": 0.0, "window": None}
 
 
 def _amount(entry, kind: str) -> float:
@@ -197,8 +217,9 @@ class Pacer:
     and wrap each call in `with pacer.request(tokens):` so the hooks know its size.
     """
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: Path | None, window: float = WINDOW):
         self.path = path
+        self.window = window  # until an answer says what the API's window is
         self._lock = threading.Lock()
         self._local = threading.local()
         self._ids = itertools.count()
@@ -270,10 +291,12 @@ class Pacer:
             except (OSError, ValueError):
                 state = _new_state()
             now = round(time.time(), 3)  # (times to the millisecond: a shorter file to read and write)
+            state["w"] = state.get("window") or self.window  # the window in force (not saved apart)
             self._prune(state, now)
             result = change(state, now)
             if unchanged(result):  # (what _prune dropped, the next writer drops too)
                 return result
+            state.pop("w", None)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(state, separators=(",", ":")))
             os.replace(tmp, self.path)
@@ -286,7 +309,7 @@ class Pacer:
             if sent < now - STALE_FLIGHT or sent > now + 5 or (pid != mine and not _pid_alive(pid)):
                 del state["flight"][ident]  # its process is gone: count it as sent now
                 state["done"].append([min(sent, now), now, tokens, 1])
-        done = [e for e in state["done"] if now - WINDOW < e[1] <= now + 5]
+        done = [e for e in state["done"] if now - state["w"] < e[1] <= now + 5]
         if len(done) > MERGE_ABOVE:  # many requests: merge by whole seconds (sent earlier, answered later)
             merged: dict = {}
             for s, r, t, q in done:
@@ -302,7 +325,7 @@ class Pacer:
 
     @staticmethod
     def _used(state: dict, kind: str) -> float:
-        """What the window holds from us: answered in the last 60 s, plus everything in flight."""
+        """What the window holds from us: answered in the last window, plus everything in flight."""
         flight = state["flight"].values()
         return (sum(_amount(e, kind) for e in state["done"])
                 + (sum(f[2] for f in flight) if kind == "tokens" else len(flight)))
@@ -330,7 +353,7 @@ class Pacer:
         for entry in sorted(state["done"], key=lambda e: e[1]):
             short -= _amount(entry, kind)
             if short <= 0:
-                wait = max(entry[1] + WINDOW - now, 0.005)
+                wait = max(entry[1] + state["w"] - now, 0.005)
                 break
         if k["cap"] is not None and now < k["cap_until"] and (base is None or base > k["cap"]):
             wait = min(wait, k["cap_until"] - now + 0.005)
@@ -373,12 +396,15 @@ class Pacer:
             if status is None:
                 return
             state["seen"] = True
+            told = window_of(limits)
+            if told is not None:
+                state["window"] = state["w"] = told
             if status < 400 and not state.get("bare_seen") and all(v is None for kind in KINDS
                                                                    for v in limits[kind]):
                 state["bare_seen"] = True  # a server that sends no rate-limit headers: start the
                 if state["cwnd"] is None:  # machine's concurrency small; AIMD grows it after a 429
                     state["cwnd"] = BARE_CWND  # or a window without one (each attempt in flight when
-                    state["grow_after"] = now + WINDOW  # the limit is first reached gets a 429)
+                    state["grow_after"] = now + state["w"]  # the limit is first reached gets a 429)
             for kind in KINDS:
                 self._learn_kind(state, state["kinds"][kind], kind, this, status, limits[kind],
                                  kind in kinds, tokens, now, (stated or {}).get(kind))
@@ -408,7 +434,8 @@ class Pacer:
         sent = this[0]
         # ours that the server surely counted in this answer: answered before this attempt left,
         # and sent within the minute before it answered (so admitted inside its window)
-        window = now - WINDOW
+        w = state["w"]
+        window = now - w
         sure = sum(_amount(e, kind) for e in state["done"] if e is this or (e[1] <= sent and e[0] > window))
         if limit is not None:
             k["stated_until"] = None
@@ -428,17 +455,17 @@ class Pacer:
             if k["limit"] is not None:
                 cap = min(cap, k["limit"])
             if now >= k["cap_at"]:
-                horizon = WINDOW if reset is None else min(WINDOW, reset + 0.5)
+                horizon = w if reset is None else min(w, reset + 0.5)
                 k.update(cap=cap, cap_at=now, cap_until=now + horizon)
             if k["limit"] is None:  # remaining only: the most ever free stands in for the limit
                 k["learned"] = max(k["learned"] or 0, cap)
             return
         if status == 429 and limited:
             # no word on what remains: the window is full; what we surely had in it fits
-            k.update(cap=sure, cap_at=now, cap_until=now + WINDOW)
+            k.update(cap=sure, cap_at=now, cap_until=now + w)
             if k["limit"] is None:
                 # multiplicative decrease; a failed probe only takes the probe back
-                back = GROWTH if now - k.get("probed_at", 0.0) < PROBE_AFTER else 2
+                back = GROWTH if now - k.get("probed_at", 0.0) < PROBE_AFTER * w else 2
                 k["learned"] = max(sure, (k["learned"] or 0) / back, tokens if kind == "tokens" else 1)
             k["last_429"] = now
             k["served_since"] = None
@@ -447,7 +474,7 @@ class Pacer:
             k["learned"] = max(k["learned"], sure)
             if k["served_since"] is None:
                 k["served_since"] = now
-            elif (now - k["served_since"] >= PROBE_AFTER and now - k["last_429"] >= PROBE_AFTER
+            elif (now - k["served_since"] >= PROBE_AFTER * w and now - k["last_429"] >= PROBE_AFTER * w
                   and Pacer._used(state, kind) >= 0.8 * k["learned"]):
                 k["learned"] *= GROWTH  # served at the learned limit for a while: probe a little higher
                 k["served_since"] = k["probed_at"] = now

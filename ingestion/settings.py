@@ -54,6 +54,8 @@ SETTINGS = [
     Setting("OPENAI_MAX_RETRIES", "5", "SDK retries per request (429, 5xx, timeouts) before a file is requeued",
             _EMBED),
     Setting("OPENAI_TIMEOUT", "60", "seconds before one embeddings request times out", _EMBED),
+    Setting("RATE_LIMIT_WINDOW_SECONDS", "60", "the API's rate-limit window, for pacing, until its answers say it "
+            "(x-ratelimit-reset-* with the limit and what remains); OpenAI's limits are per minute", _EMBED),
     Setting("EMBEDDING_MODEL", "text-embedding-3-small", "OpenAI embeddings model", "giwoq"),
     Setting("EMBEDDING_DIMENSIONS", None, "shorter vectors (text-embedding-3 only); unset: the model's default",
             "giwoq"),
@@ -159,6 +161,7 @@ class Config:
     split_min_bytes: int
     openai_max_retries: int
     openai_timeout: float
+    rate_limit_window: float
     text_cleanup: str
     worker_shard: tuple[int, int] | None
     grace_seconds: int
@@ -238,6 +241,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Config:
         split_min_bytes=_int("SPLIT_MIN_BYTES", 1),
         openai_max_retries=_int("OPENAI_MAX_RETRIES", 0, 20),
         openai_timeout=float(_int("OPENAI_TIMEOUT", 1)),
+        rate_limit_window=float(_int("RATE_LIMIT_WINDOW_SECONDS", 1, 300)),
         text_cleanup=_choice("TEXT_CLEANUP", ("auto", "off")),
         worker_shard=_shard(),
         grace_seconds=_int("GRACE_SECONDS", 1, 3600),

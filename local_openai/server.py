@@ -26,7 +26,8 @@ Control endpoints (no auth):
 - ``POST /_reset`` zeroes stats and rate windows, clears fail_next
 - ``GET /_faults`` shows, ``POST /_faults`` merges settings: latency_ms,
   latency_per_1k_tokens_ms, fault_rate, fault_statuses, fault_retry_after_ms,
-  auth_always_fail, seed, rpm, tpm, ratelimit_headers (which x-ratelimit-*
+  auth_always_fail, seed, rpm, tpm, window_s (the rate-limit window, 60 s
+  as OpenAI's; shorter for tests that must cross windows), ratelimit_headers (which x-ratelimit-*
   headers answers carry: "all" six, the default; "limit-tokens", only
   x-ratelimit-limit-tokens; "remaining", only the two remaining-* ones, as
   Azure sends; "none"), and fail_next (replaces the queue), a list
@@ -341,11 +342,12 @@ def embed_text(text, model, dimensions=None):
 
 
 class RateLimiter:
-    """Sliding 60 s windows of requests (rejected ones too) and admitted tokens."""
+    """Sliding windows (window_s, 60 s as OpenAI's) of requests (rejected ones too) and admitted tokens."""
 
-    def __init__(self, rpm=0, tpm=0, clock=time.monotonic):
+    def __init__(self, rpm=0, tpm=0, clock=time.monotonic, window_s=WINDOW_S):
         self.rpm = rpm
         self.tpm = tpm
+        self.window_s = window_s
         self.clock = clock
         self.lock = threading.Lock()
         self.reset()
@@ -357,7 +359,7 @@ class RateLimiter:
             self.tokens_used = 0
 
     def _prune(self, now):
-        cutoff = now - WINDOW_S
+        cutoff = now - self.window_s
         while self.requests and self.requests[0] <= cutoff:
             self.requests.popleft()
         while self.tokens and self.tokens[0][0] <= cutoff:
@@ -374,7 +376,7 @@ class RateLimiter:
         # Time until fewer than rpm requests are in the window.
         if not self.rpm or len(self.requests) < self.rpm:
             return 0.0
-        return self.requests[len(self.requests) - self.rpm] + WINDOW_S - now
+        return self.requests[len(self.requests) - self.rpm] + self.window_s - now
 
     def _token_wait(self, tokens, now):
         # Time until enough admitted tokens leave the window for `tokens` to fit.
@@ -384,7 +386,7 @@ class RateLimiter:
         for ts, n in self.tokens:
             used -= n
             if used + tokens <= self.tpm:
-                return ts + WINDOW_S - now
+                return ts + self.window_s - now
         return math.inf  # unreachable: admit() rejects tokens > tpm first
 
     def admit(self, tokens, model):
@@ -444,9 +446,11 @@ class RateLimiter:
             self._prune(now)
             rpm = self.rpm or UNLIMITED_RPM
             tpm = self.tpm or UNLIMITED_TPM
-            # "reset" = time until the window is back to its initial (empty) state.
-            reset_req = self.requests[-1] + WINDOW_S - now if self.requests else 0.0
-            reset_tok = self.tokens[-1][0] + WINDOW_S - now if self.tokens else 0.0
+            # "reset": the time until the limit is back to its initial state, as OpenAI reports it:
+            # what is used, refilled at the limit per window (OpenAI's limiter refills continuously;
+            # this log frees each request a whole window after it, so it is never less strict)
+            reset_req = len(self.requests) / rpm * self.window_s
+            reset_tok = self.tokens_used / tpm * self.window_s
             return {
                 "x-ratelimit-limit-requests": str(rpm),
                 "x-ratelimit-limit-tokens": str(tpm),
@@ -510,7 +514,7 @@ class ServerState:
     def update_faults(self, changes):
         """Merge fault settings (validated) into the current ones."""
         changes = dict(changes)
-        allowed = set(DEFAULT_FAULTS) | {"fail_next", "rpm", "tpm"}
+        allowed = set(DEFAULT_FAULTS) | {"fail_next", "rpm", "tpm", "window_s"}
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(f"unknown fault settings: {sorted(unknown)}")
@@ -526,6 +530,10 @@ class ServerState:
             st = changes["fault_statuses"]
             if not isinstance(st, list) or not st or not all(isinstance(s, int) and 400 <= s <= 599 for s in st):
                 raise ValueError("fault_statuses must be a non-empty list of 4xx/5xx codes")
+        if "window_s" in changes and (isinstance(changes["window_s"], bool)
+                                      or not isinstance(changes["window_s"], (int, float))
+                                      or changes["window_s"] <= 0):
+            raise ValueError("window_s must be a positive number")
         for name in ("rpm", "tpm", "seed"):
             if name in changes and (not isinstance(changes[name], int) or changes[name] < 0):
                 raise ValueError(f"{name} must be a non-negative integer")
@@ -537,6 +545,8 @@ class ServerState:
                 self.limiter.rpm = changes.pop("rpm")
             if "tpm" in changes:
                 self.limiter.tpm = changes.pop("tpm")
+            if "window_s" in changes:
+                self.limiter.window_s = float(changes.pop("window_s"))
             self.faults.update(changes)
             if "auth_always_fail" in changes:
                 self.faults["auth_always_fail"] = bool(changes["auth_always_fail"])
@@ -545,7 +555,7 @@ class ServerState:
 
     def settings(self):
         with self.lock:
-            return dict(self.faults, rpm=self.limiter.rpm, tpm=self.limiter.tpm,
+            return dict(self.faults, rpm=self.limiter.rpm, tpm=self.limiter.tpm, window_s=self.limiter.window_s,
                         fail_next=list(self.fail_next))
 
     def begin_request(self):
@@ -976,6 +986,8 @@ def parse_args(argv=None):
                    help="requests per minute, 0 = unlimited")
     p.add_argument("--tpm", type=int, default=int(_env("TPM", 0)),
                    help="tokens per minute, 0 = unlimited")
+    p.add_argument("--window", type=float, default=float(_env("WINDOW", WINDOW_S)),
+                   help="seconds of the rate-limit window (default %(default)s, as OpenAI's per-minute limits)")
     p.add_argument("--latency-ms", type=float, default=float(_env("LATENCY_MS", 0)),
                    help="base delay per request")
     p.add_argument("--latency-per-1k-ms", type=float,
@@ -1000,6 +1012,8 @@ def parse_args(argv=None):
         p.error("--fault-rate must be between 0 and 1")
     if args.rpm < 0 or args.tpm < 0 or args.latency_ms < 0 or args.latency_per_1k_ms < 0:
         p.error("limits and latencies must be >= 0")
+    if args.window <= 0:
+        p.error("--window must be > 0")
     return args
 
 
@@ -1011,7 +1025,7 @@ def main(argv=None):
         verbose=args.verbose, latency_ms=args.latency_ms,
         latency_per_1k_tokens_ms=args.latency_per_1k_ms, fault_rate=args.fault_rate,
         fault_statuses=args.fault_statuses, seed=args.seed,
-        ratelimit_headers=args.ratelimit_headers)
+        ratelimit_headers=args.ratelimit_headers, window_s=args.window)
     host, port = server.server_address[:2]
 
     stop = threading.Event()

@@ -54,7 +54,7 @@ def api(api_server):
     """The local server, with counters and faults reset for this test."""
     api_server.reset()
     api_server.set_faults(latency_ms=0, latency_per_1k_tokens_ms=0, fault_rate=0, fail_next=[],
-                          auth_always_fail=False, rpm=0, tpm=0)
+                          auth_always_fail=False, rpm=0, tpm=0, window_s=60)
     return api_server
 
 

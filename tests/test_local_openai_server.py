@@ -21,6 +21,7 @@ import openai
 import pytest
 import tiktoken
 
+from local_openai.server import format_duration
 from local_openai.testing import SERVER_SCRIPT, running_server
 
 KEY = "sk-test-0123456789abcdefghijKLMN"
@@ -47,7 +48,7 @@ def shared_server():
 @pytest.fixture
 def srv(shared_server):
     """The shared server with clean stats, windows and default fault settings."""
-    shared_server.set_faults(rpm=0, tpm=0, latency_ms=0, latency_per_1k_tokens_ms=0,
+    shared_server.set_faults(rpm=0, tpm=0, window_s=60, latency_ms=0, latency_per_1k_tokens_ms=0,
                              fault_rate=0, fault_statuses=[500, 503], seed=0,
                              auth_always_fail=False, ratelimit_headers="all")
     shared_server.reset()
@@ -319,6 +320,9 @@ def test_tpm_limit_headers_and_429(srv):
     assert h["x-ratelimit-remaining-requests"] == "9999"
     for name in ("x-ratelimit-reset-tokens", "x-ratelimit-reset-requests"):
         assert DURATION_RE.match(h[name]), h[name]
+    # reset, as OpenAI's: what is used, refilled at the limit per minute (n of 1000 tokens: n * 60 ms)
+    assert h["x-ratelimit-reset-tokens"] == format_duration(n / 1000 * 60)
+    assert h["x-ratelimit-reset-requests"] == "6ms"  # 1 of 10,000 requests a minute
     assert h["x-request-id"].startswith("req_") and int(h["openai-processing-ms"]) >= 0
 
     client.embeddings.create(model=SMALL, input=text)  # 2n tokens used
@@ -335,6 +339,27 @@ def test_tpm_limit_headers_and_429(srv):
     assert err.response.headers["x-ratelimit-remaining-tokens"] == str(1000 - 2 * n)
     assert err.response.headers["x-ratelimit-remaining-requests"] == "9997"
     assert srv.stats()["status_counts"] == {"200": 2, "429": 1}
+
+
+def test_a_shorter_window_frees_tokens_and_says_so_in_its_headers(srv):
+    """window_s: the limit holds per window_s seconds instead of 60; reset and retry-after follow."""
+    srv.set_faults(tpm=1000, window_s=2)
+    assert srv.faults()["window_s"] == 2
+    client = client_for(srv)
+    text = "word " * 400
+    n = ntokens(text)
+    raw = client.embeddings.with_raw_response.create(model=SMALL, input=text)
+    assert raw.headers["x-ratelimit-reset-tokens"] == format_duration(n / 1000 * 2)
+    client.embeddings.create(model=SMALL, input=text)
+    with pytest.raises(openai.RateLimitError) as info:
+        client.embeddings.create(model=SMALL, input=text)
+    wait_ms = int(info.value.response.headers["retry-after-ms"])
+    assert 1000 < wait_ms <= 2000, wait_ms  # the first request's tokens leave 2 s after it, not 60
+    time.sleep(wait_ms / 1000)  # (the wait the server asked for: the condition is the server's own clock)
+    client.embeddings.create(model=SMALL, input=text)
+    with pytest.raises(RuntimeError, match="window_s"):
+        srv.set_faults(window_s=0)
+    srv.set_faults(window_s=60)
 
 
 def test_rpm_limit_counts_rejected_requests(srv):

@@ -724,6 +724,8 @@ QUOTED_MESSAGES = [
     "cannot reach the Chroma server at", "the embeddings API refused the key (HTTP",
     "OPENAI_API_KEY is not set", "is not a folder", "already in the store", "files run (",
     "stale removed)", "peak RSS", "chunks checked; ", "shared store lease",
+    "the embedded store holds about", "closest of ", "the store is empty: run the worker first",
+    "the store kept failing", "is full (", "waiting for the embedded store",
 ]
 
 
@@ -894,3 +896,172 @@ def test_worker_loop_goes_on_after_a_failed_run(tmp_path):
 def test_worker_loop_refuses_a_bad_pause(tmp_path):
     result = subprocess.run(["sh", str(LOOP), "soon"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+# ---- the guide's defaults and the sizing table (issue 20) ----------------------------------
+
+# Settings the guide writes with a value that is not the default, on purpose (`NAME=value`).
+SET_BY_THE_GUIDE = {"MAX_ITERATIONS", "EMBEDDING_DIMENSIONS", "FILES_PER_CHILD", "WORKER_SHARD",
+                    "MEMORY_LIMIT_MB", "CHILD_MAX_RSS_MB"}
+# Defaults a reader of the guide needs; it must state each as "`NAME` (value".
+DEFAULTS_THE_GUIDE_STATES = ["FILE_CONCURRENCY", "EMBED_BATCH_SIZE", "EMBED_CONCURRENCY", "GRACE_SECONDS",
+                             "LEASE_SECONDS", "MAX_ATTEMPTS", "SPLIT_PARTS", "SPLIT_MIN_BYTES"]
+
+
+def guide_default_claims() -> list[tuple[str, int, str]]:
+    """(setting, value, the text) for every "`NAME` (N" and "`NAME=N`" in the guide; N in KB counts 1024."""
+    text = GUIDE.read_text()
+    claims = []
+    for m in re.finditer(r"`([A-Z][A-Z0-9_]+)` \((\d[\d,]*)( KB)?", text):
+        claims.append((m.group(1), int(m.group(2).replace(",", "")) * (1024 if m.group(3) else 1), m.group(0)))
+    for m in re.finditer(r"`([A-Z][A-Z0-9_]+)=(\d+)`", text):
+        if m.group(1) not in SET_BY_THE_GUIDE:
+            claims.append((m.group(1), int(m.group(2)), m.group(0)))
+    return [c for c in claims if c[0] in settings._BY_NAME]
+
+
+def test_guide_states_the_code_defaults():
+    """The guide once said EMBED_BATCH_SIZE (10) when the code's default was 16: every value it
+    gives a setting as a default is the one ingestion/settings.py has."""
+    claims = guide_default_claims()
+    assert claims, "the guide states no default"
+    for name, value, where in claims:
+        default = settings._BY_NAME[name].default
+        assert default is not None and int(default) == value, \
+            f"the guide says {where!r}, but ingestion/settings.py's default for {name} is {default}"
+    stated = {name for name, _, _ in claims}
+    missing = [name for name in DEFAULTS_THE_GUIDE_STATES if name not in stated]
+    assert not missing, f"the guide should state these defaults as `NAME` (value): {missing}"
+
+
+def test_guide_says_how_many_files_the_worker_ingests_at_once():
+    """The worker ingests FILE_CONCURRENCY files at once in forked children; one file at a time
+    only where the platform cannot fork. A paragraph that says "one at a time" must say so."""
+    paragraphs = GUIDE.read_text().split("\n\n")
+    for para in paragraphs:
+        for sentence in re.split(r"(?<=[.;:])\s+", " ".join(para.split())):
+            if re.search(r"\bone (file )?at a time\b", sentence) and re.search(r"\b(ingest|files?)\b", sentence):
+                assert "cannot fork" in sentence, f"the guide says files go one at a time: {sentence[:200]!r}"
+    assert any("FILE_CONCURRENCY" in p and "fork" in p for p in paragraphs), \
+        "the guide must say the worker forks FILE_CONCURRENCY children"
+
+
+# What the sizing rests on (REFERENCE.md, "Chroma at the seed's scale", and the README's capacity
+# table; measured on real transcripts and 1536-dimension vectors):
+CHUNKS_PER_TRANSCRIPT = 62      # a real transcript gives ~62 chunks, one vector each
+DISK_BYTES_PER_VECTOR = 16_000  # a 200,000-vector store took 3.2 GB (measured at 1536 dims)
+SERVER_GB = 0.13                # `chroma run` with an empty store: 131 MB
+WORKER_SET_GB = 0.35            # variant B: the worker, its fork server and FILE_CONCURRENCY children
+CRON_SET_GB = 0.315             # variant A: all the cron job's processes, whatever the store's size
+FREE_SHARE = 0.25               # a quarter of the plan stays free (the worker warns at 75%)
+DISK_SIZES = [5, 10, 20, 50, 100, 200]
+DISK_MARGIN = 1.5
+# Plan memory: REFERENCE.md (starter .. pro plus); pro max and pro ultra as Render's Workflows page
+# gives them for instance types of those names (not confirmed for services; the guide says so).
+PLAN_GB = {"starter": 0.5, "standard": 2, "pro": 4, "pro plus": 8, "pro max": 16, "pro ultra": 32}
+SEED_TRANSCRIPTS = 10_000
+SIZING_HEADER = "| Transcripts | Vectors"
+
+
+INDEX_BYTES_PER_VECTOR_1536 = 6_300  # the HNSW index's RAM a 1536-dimension vector (measured)
+
+
+def bytes_per_vector(dims: int) -> float:
+    """The index's RAM a vector: the measured figure, in proportion to the dimensions."""
+    return INDEX_BYTES_PER_VECTOR_1536 * dims / 1536
+
+
+def plan_for(need_gb: float) -> str:
+    for plan, gb in sorted(PLAN_GB.items(), key=lambda kv: kv[1]):
+        if need_gb <= gb * (1 - FREE_SHARE):
+            return plan
+    raise AssertionError(f"no plan holds {need_gb:.1f} GB")
+
+
+def expected_row(transcripts: int) -> dict:
+    vectors = transcripts * CHUNKS_PER_TRANSCRIPT
+    index = {dims: vectors * bytes_per_vector(dims) / 1e9 for dims in (1536, 512)}
+    disk = vectors * DISK_BYTES_PER_VECTOR / 1e9
+    return {
+        "vectors": vectors, "index": index, "disk": disk,
+        "server": [plan_for(index[d] + SERVER_GB) for d in (1536, 512)],
+        "cron": plan_for(CRON_SET_GB),
+        "worker": [plan_for(index[d] + WORKER_SET_GB) for d in (1536, 512)],
+        "sizeGB": next(s for s in DISK_SIZES if s >= disk * DISK_MARGIN),
+    }
+
+
+def sizing_table() -> dict[int, list[str]]:
+    """The guide's sizing table: transcripts -> its cells."""
+    lines = GUIDE.read_text().splitlines()
+    start = [i for i, line in enumerate(lines) if line.startswith(SIZING_HEADER)]
+    assert len(start) == 1, "the guide must have one sizing table (section 10)"
+    rows = {}
+    for line in lines[start[0] + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[int(re.match(r"[\d,]+", cells[0]).group().replace(",", ""))] = cells
+    return rows
+
+
+def gb(cell: str) -> float:
+    return float(re.match(r"([\d.]+) GB$", cell).group(1))
+
+
+def plans(cell: str) -> list[str]:
+    return re.findall(r"`([a-z][a-z ]*)`", cell)
+
+
+def test_guide_states_the_measurements_the_sizes_rest_on():
+    text = GUIDE.read_text()
+    for needle in (f"~{CHUNKS_PER_TRANSCRIPT} chunks", f"~{INDEX_BYTES_PER_VECTOR_1536 / 1000:.1f} KB a",
+                   f"~{DISK_BYTES_PER_VECTOR // 1000} KB a vector", "measured at 200,000"):
+        assert needle in text, f"the guide no longer says {needle!r}"
+
+
+def test_guide_sizing_table_follows_from_the_measurements():
+    rows = sizing_table()
+    assert set(rows) == {1_000, SEED_TRANSCRIPTS, 50_000}, sorted(rows)
+    for transcripts, cells in rows.items():
+        want = expected_row(transcripts)
+        vectors, idx1536, idx512, disk, server, cron, worker, size = cells[1:9]
+        assert int(vectors.replace(",", "")) == want["vectors"], (transcripts, vectors)
+        for cell, value in ((idx1536, want["index"][1536]), (idx512, want["index"][512]), (disk, want["disk"])):
+            assert abs(gb(cell) - value) <= 0.05 * value + 0.005, (transcripts, cell, round(value, 2))
+        assert plans(server) == want["server"], (transcripts, "transcripts-chroma", plans(server), want["server"])
+        assert plans(cron) == [want["cron"]], (transcripts, "transcripts-ingest", plans(cron))
+        assert plans(worker) == want["worker"], (transcripts, "transcripts-ingest-worker", plans(worker), want["worker"])
+        assert int(size) == want["sizeGB"], (transcripts, size, want["sizeGB"])
+
+
+def test_blueprints_are_sized_for_the_seed():
+    """render.yaml and render.worker.yaml carry the guide's row for the seed at 1536 dimensions
+    (the model's default): a plan that holds the index with a quarter free, and the disk."""
+    want = expected_row(SEED_TRANSCRIPTS)
+    row = sizing_table()[SEED_TRANSCRIPTS]
+    for path in (BLUEPRINT, WORKER_BLUEPRINT):
+        for svc in services(path):
+            assert "EMBEDDING_DIMENSIONS" not in env_vars(svc), "the sizes below are for 1536 dimensions"
+    pserv, cron, worker = service("pserv"), service("cron"), service("worker", WORKER_BLUEPRINT)
+    assert pserv["plan"] == want["server"][0] == plans(row[5])[0], pserv["plan"]
+    assert cron["plan"] == want["cron"], cron["plan"]
+    assert worker["plan"] == want["worker"][0] == plans(row[7])[0], worker["plan"]
+    for svc in (pserv, worker):
+        assert svc["disk"]["sizeGB"] == want["sizeGB"] == int(row[8]), svc["disk"]["sizeGB"]
+    text = GUIDE.read_text()
+    assert f"| `transcripts-chroma` | `pserv`, `{pserv['plan']}` (" in text, "section 3's table names another plan"
+
+
+def test_guide_shows_how_to_validate_and_check_the_blueprints():
+    """What a check against Render's docs found missing: validating a Blueprint, logs and run
+    history, snapshots, resizing, the private network's region and workspace, one-off jobs
+    from the CLI, and a query as the end-to-end check."""
+    text = GUIDE.read_text()
+    for needle in ("render blueprints validate", "render blueprints validate render.worker.yaml",
+                   "render jobs create", "--start-command", "cron_job_run_ended", "snapshot",
+                   "same region *and* they belong to the same", "Disks page", "can't *decrease* it",
+                   "ingestion/query_chromadb.py", "Did the first run work?"):
+        assert needle in text, f"the guide no longer says {needle!r}"
+    assert re.search(r"render jobs create \S+ --start-command \"run-as-ingest python ingestion/query_chromadb\.py \w+",
+                     text), "the end-to-end check is a query from a one-off job"

@@ -12,7 +12,10 @@ the caller uses the text exactly as it is. A file is cleaned only when all of th
 hold:
 
 - Gutters: a numbered line is a line starting (at most MAX_GUTTER_INDENT spaces in)
-  with a number of one or two digits, then spaces or the end of the line. Numbered
+  with a number of one or two digits, then spaces or the end of the line. When that
+  finds no clear pages, the gutter is looked for on the right instead: a number of
+  one or two digits ending the line, after spaces or tabs of any width (or alone on
+  it), the text before it being the line's. Either way the same rules follow. Numbered
   lines form a page when their numbers run 1, 2, 3 ... (a skip of up to MAX_SKIP is
   tolerated, a broken line is not fatal, except on a line holding only a number,
   which could be a page number) for at least MIN_PAGE_LINES lines and at
@@ -20,7 +23,9 @@ hold:
   starts the next page (unless the next numbered line does continue it). At least
   MIN_PAGES such pages are needed, the median page has at least TYPICAL_PAGE_LINES
   lines (numbered lists in a document are shorter), and at least half the pages
-  have text on their numbered lines (not only a column of numbers).
+  have text on their numbered lines (not only a column of numbers). Runs at the end
+  whose text is all word-index entries (`page:line` references) are not pages: an
+  index's section headings 1, 2, 3 ... count up like a gutter on the right.
 - Page numbers: a line holding only a number (or `Page 12`, `- 12 -`) between two
   pages. Whether it belongs to the page above (footer) or below (header) is decided
   for the whole file by which of the two it usually sits closer to. At least
@@ -28,6 +33,14 @@ hold:
   A page that has none gets its neighbour's plus or minus one. A lone number lying
   between the numbers of the pages around it (the number of a page whose gutter is
   lost) is removed too.
+- Pages without page numbers: when the page numbers are not clear, the pages must
+  make up for them by being even, as a layout's pages are and numbered lists are
+  not: PAGE_NUMBER_SHARE of the pages (the last aside) end at the same line number,
+  and PAGE_NUMBER_SHARE of the gaps between pages hold at most MAX_GAP_LINES
+  non-blank lines. (So pages of varying length, 26 and 28 lines, are left alone
+  when they print no number.) Each page is then cited by the PDF page it is on,
+  1 + the form feeds before it, when form feeds tell the pages apart, else by its
+  place among the pages, from 1. Lone numbers between such pages stay as text.
 - Header/footer lines: a line outside the gutters whose text (digits ignored) occurs
   around at least FURNITURE_SHARE of the pages (and MIN_PAGES of them; many times in
   one place does not count) is furniture. It is removed when present; it is not
@@ -50,13 +63,14 @@ gutter is broken) are kept as text in place, without a page:line of their own.
 
 Citations: `marks` holds, for each numbered line that contributes text, the offset in
 the clean text where that text starts, with the transcript's own page number (the
-printed one) and line number (the gutter's). `position()` finds the mark at or before
-an offset.
+printed one, or the one counted for pages without it) and line number (the gutter's).
+`position()` finds the mark at or before an offset.
 
 Input: text with LF line ends; form feeds (page breaks) are ignored, pages are found
-by their gutters. Memory: the whole text, its lines and the clean text are held at
-once (about nine times the text's length at peak), so files longer than
-MAX_CLEANUP_CHARS are not cleaned. Pure: no I/O, no state.
+by their gutters (form feeds only number the pages that print no number). Memory:
+the whole text, its lines and the clean text are held at once (about nine times the
+text's length at peak), so files longer than MAX_CLEANUP_CHARS are not cleaned.
+Pure: no I/O, no state.
 """
 from __future__ import annotations
 
@@ -65,7 +79,10 @@ from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
 
-CLEANUP_VERSION = 1  # bump whenever the cleaning rules change the output
+CLEANUP_VERSION = 1  # bump whenever the cleaning rules change the output of a file they cleaned before
+# (version 1 also cleans right-hand line numbers and pages without a page number: files it left
+# as they are before; every file cleaned before is cleaned byte for byte as before, so existing
+# collections stay valid and nothing stored has to be paid for again)
 
 # 20 M characters is about 8,000 pages of transcript (2.5 K characters a page), far
 # more than one hearing or deposition. Cleaning peaks at about nine times the text's
@@ -85,9 +102,12 @@ MIN_INDEX_LINES = 20
 INDEX_SHARE = 0.6
 INDEX_LINE_SHARE = 0.4
 PARAGRAPH_INDENT = 2  # columns deeper than the usual text column that start a paragraph
+MAX_GAP_LINES = 8  # non-blank lines (footer, header) between two pages that print no page number
 
 GUTTER = re.compile(rf"[ \t]{{0,{MAX_GUTTER_INDENT}}}(\d{{1,2}})(?=[ \t]|$)")
+RIGHT_GUTTER = re.compile(r"(?:^|(?<=[ \t]))(\d{1,2})[ \t]*$")
 PAGE_NUMBER = re.compile(r"(?:-[ \t]*)?(?:page[ \t]+)?(\d{1,4})(?:[ \t]*-)?", re.I)
+LEADING_FEEDS = re.compile(r"\f*")
 REF = re.compile(r"\d{1,4}:\d{1,2}")
 SPEAKER = re.compile(r"(?:[A-Z][A-Z.'\-]*[ \t]+){0,4}[A-Z][A-Z.'\-]*:(?=[ \t]|$)")
 
@@ -109,19 +129,21 @@ class _Line:
     text: str = ""     # the text after the gutter number
     column: int = 0    # where that text starts in the line
     kind: int = TEXT
-    page: int = 0      # printed page number, for gutter lines
+    page: int = 0      # printed page number (counted when none is printed), for gutter lines
 
 
 def clean(text: str) -> Cleaned | None:
     """The clean text of a paginated transcript, or None when the layout is not clear."""
     if len(text) > MAX_CLEANUP_CHARS or not text:
         return None
-    lines = [_parse(raw) for raw in text.replace("\f", "").split("\n")]
-    pages = _pages(lines)
-    if not _clear_pages(lines, pages):
+    layout = _layout(text.replace("\f", "").split("\n"))
+    if layout is None:
         return None
+    lines, pages = layout
     body_end = _index_start(lines, pages[-1][-1] + 1)
     numbers = _page_numbers(lines, pages, body_end)
+    if numbers is None:
+        numbers = _unprinted_page_numbers(text, lines, pages, body_end)
     if numbers is None:
         return None
     for run, number in zip(pages, numbers):
@@ -141,18 +163,49 @@ def position(cleaned: Cleaned, offset: int) -> tuple[int, int]:
 
 
 # ---- lines and pages ---------------------------------------------------------------
-def _parse(raw: str) -> _Line:
+def _layout(raws: list[str]) -> tuple[list[_Line], list[list[int]]] | None:
+    """The parsed lines and the clear pages of the gutter on the left of the text, else of the
+    one on its right; None when neither gives clear pages."""
+    for right in (False, True):
+        if right and sum(raw.rstrip()[-1:].isdigit() for raw in raws) < MIN_PAGES * MIN_PAGE_LINES:
+            return None  # too few lines end in a number to hold pages: not worth parsing again
+        lines = [_parse(raw, right) for raw in raws]
+        pages = _pages(lines)
+        if _clear_pages(lines, pages):
+            return lines, pages
+        del lines  # before the second parse: one list of parsed lines at a time
+    return None
+
+
+def _parse(raw: str, right: bool = False) -> _Line:
+    """One line: its gutter number (on the left of the text, or on its right) and its text."""
     line = _Line(raw)
     if not raw.strip():
         line.kind = BLANK
-        return line
-    m = GUTTER.match(raw)
+    elif right:
+        _parse_right(line)
+    else:
+        _parse_left(line)
+    return line
+
+
+def _parse_left(line: _Line) -> None:
+    m = GUTTER.match(line.raw)
     if m and int(m.group(1)) > 0:
-        rest = raw[m.end():]
+        rest = line.raw[m.end():]
         line.number = int(m.group(1))
         line.text = rest.strip()
         line.column = m.end() + len(rest) - len(rest.lstrip()) if line.text else 0
-    return line
+
+
+def _parse_right(line: _Line) -> None:
+    """A number at the end of the line, after any padding; the text's column is its indent."""
+    m = RIGHT_GUTTER.search(line.raw)
+    if m and int(m.group(1)) > 0:
+        before = line.raw[:m.start()]
+        line.number = int(m.group(1))
+        line.text = before.strip()
+        line.column = len(before) - len(before.lstrip()) if line.text else 0
 
 
 def _pages(lines: list[_Line]) -> list[list[int]]:
@@ -170,7 +223,17 @@ def _pages(lines: list[_Line]) -> list[list[int]]:
         else:
             continue
         last = n
-    return [run for run in runs if len(run) >= MIN_PAGE_LINES]
+    pages = [run for run in runs if len(run) >= MIN_PAGE_LINES]
+    while pages and _index_run(lines, pages[-1]):
+        pages.pop()
+    return pages
+
+
+def _index_run(lines: list[_Line], run: list[int]) -> bool:
+    """Whether all text on a run's numbered lines is word-index entries: a run inside the
+    index at the back (its section numbers 1, 2, 3 ... and entries ending in a number), not a page."""
+    texts = [lines[i] for i in run if lines[i].text]
+    return bool(texts) and all(_index_line(line) for line in texts)
 
 
 def _clear_pages(lines: list[_Line], pages: list[list[int]]) -> bool:
@@ -256,6 +319,48 @@ def _page_numbers(lines: list[_Line], pages: list[list[int]], end: int) -> list[
             lines[i].kind = PAGE_NO
     _mark_stray_page_numbers(lines, candidates, numbers)
     return numbers
+
+
+def _unprinted_page_numbers(text: str, lines: list[_Line], pages: list[list[int]],
+                            end: int) -> list[int] | None:
+    """Page numbers for pages that print none, or None when the pages are not clear without them.
+
+    The pages must make up for the missing page numbers (see _even_pages). Each is
+    numbered by the PDF page it is on (1 + the form feeds before it) when form feeds
+    tell the pages apart, else by its place among the pages (1, 2, 3 ...)."""
+    if not _even_pages(lines, pages, end):
+        return None
+    if "\f" in text:
+        numbers = _sheets(text, [run[0] for run in pages])
+        if all(a < b for a, b in zip(numbers, numbers[1:])):
+            return numbers
+    return list(range(1, len(pages) + 1))
+
+
+def _even_pages(lines: list[_Line], pages: list[list[int]], end: int) -> bool:
+    """Whether the pages are of one length and follow each other, as pages of a layout do.
+
+    PAGE_NUMBER_SHARE of the pages (the last aside) end at the same line number (the
+    page's length; numbered lists end where they end), and PAGE_NUMBER_SHARE of the
+    gaps between pages hold at most MAX_GAP_LINES non-blank lines (a header or footer,
+    not a text between two lists)."""
+    lengths = Counter(lines[run[-1]].number for run in pages[:-1])
+    same = lengths.most_common(1)[0][1]
+    gaps = _gaps(lines, pages, end)[1:-1]
+    close = sum(len(gap) <= MAX_GAP_LINES for gap in gaps)
+    return same >= PAGE_NUMBER_SHARE * (len(pages) - 1) and close >= PAGE_NUMBER_SHARE * len(gaps)
+
+
+def _sheets(text: str, line_indexes: list[int]) -> list[int]:
+    """The PDF page each of these lines (ascending indexes) is on: 1 + the form feeds before its text."""
+    sheets, line, pos, feeds = [], 0, 0, 0
+    for index in line_indexes:
+        while line < index:
+            end = text.index("\n", pos) + 1
+            feeds += text.count("\f", pos, end)
+            pos, line = end, line + 1
+        sheets.append(1 + feeds + LEADING_FEEDS.match(text, pos).end() - pos)
+    return sheets
 
 
 def _fill(printed: list[int | None]) -> list[int]:

@@ -3,23 +3,25 @@
 The truth is established independently of ingestion/cleanup.py: the real Supreme Court
 transcripts are parsed here with their form feeds (one page each) and their fixed layout;
 the synthetic ones in tests/fixtures/cleanup/ carry a .json with every line of speech
-(see make_fixtures.py there).
+(see make_fixtures.py there; plain_numbers_at_line_end.txt is written by hand). Other
+layouts (line numbers on the right, no page numbers) are made here from both.
 """
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
 from conftest import FIXTURES, REAL, SAMPLE_TRANSCRIPT
-from ingestion import chunking, cleanup
+from ingestion import chunking, cleanup, cutting, settings, textfile
 from ingestion.chunking import count_tokens
 from ingestion.cleanup import clean, position
 
 CLEANUP = FIXTURES / "cleanup"
 SYNTHETIC = ["no_index", "index_like_speech", "broken_gutters", "long_pages"]
-PLAIN = ["plain_meeting", "plain_paginated", "numbered_lists"]
+PLAIN = ["plain_meeting", "plain_paginated", "numbered_lists", "plain_numbers_at_line_end"]
 FURNITURE = ["Alderson Reporting Company", "Official - Subject to Final Review",
              "Heritage Reporting Corporation", "(202) 628-4888", "DEPOSITION OF JANE DOE"]
 END_OF_SPEECH = "above-entitled matter was submitted"
@@ -246,11 +248,6 @@ def test_plain_transcripts_are_left_alone(text):
     assert clean(text) is None
 
 
-def test_a_paginated_file_without_page_numbers_is_left_alone():
-    text, _ = synthetic("no_index")
-    assert clean(re.sub(r"(?m)^ {38}\d+$", "", text)) is None
-
-
 def test_files_over_the_size_limit_are_not_cleaned(monkeypatch):
     text = REAL[0].read_text()
     monkeypatch.setattr(cleanup, "MAX_CLEANUP_CHARS", len(text) - 1)
@@ -265,3 +262,172 @@ def test_position_of_offsets_between_and_before_marks():
     assert position(cleaned, second[0] - 1) == first[1:]  # the separator belongs to the line before
     assert position(cleaned, second[0]) == second[1:]
     assert position(cleaned, len(cleaned.text) + 100) == cleaned.marks[-1][1:]
+
+
+# ---- line numbers on the right, pages without page numbers ----------------------------------
+# Ways a gutter number can end a line: (text with its indent, number) -> line.
+PADDINGS = {
+    "aligned": lambda text, n: f"{text:<72}{n:>3}",  # right-aligned in a column
+    "tabs": lambda text, n: f"{text}\t{n}",
+    "ragged": lambda text, n: text + [" ", "    ", "\t", " \t ", "         "][n % 5] + str(n),
+    "one_space": lambda text, n: f"{text.strip()} {n}".lstrip(),  # extracted without layout
+}
+RIGHT_SYNTHETIC = ["no_index", "index_like_speech", "long_pages"]  # not broken_gutters: "2 million" would move
+
+
+def gutter_to_right(text: str, pad) -> str:
+    """The text with every left gutter number (at most 6 columns in) moved to the end of its line."""
+    return re.sub(r"(?m)^(\f?) {0,6}(\d{1,2})((?: +.*)?)$",
+                  lambda m: m.group(1) + pad(m.group(3).rstrip(), int(m.group(2))), text)
+
+
+def real_to_right(text: str, pad) -> str:
+    """A real transcript with its line numbers on the right (its word index left as it is)."""
+    end = text.index("\f", text.index(END_OF_SPEECH))
+    return gutter_to_right(text[:end], pad) + text[end:]
+
+
+def without_page_numbers(text: str) -> str:
+    """The text without its page-number lines (`24`, `Page 7`, 20 or more columns in)."""
+    return re.sub(r"(?m)^ {20,}(?:Page )?\d+$", "", text)
+
+
+def without_furniture(text: str) -> str:
+    return "\n".join(line for line in text.split("\n") if line.strip("\f").strip() not in FURNITURE)
+
+
+def check_speech(cleaned, lines) -> None:
+    """Every word of the speech, nothing else, every numbered line cited, no furniture."""
+    assert cleaned is not None
+    assert cleaned.text.split() == " ".join(t for _, _, t in lines).split()
+    numbered = [line for line in lines if line[1] is not None and line[2]]
+    assert check_in_order_and_cited(cleaned, lines) == len(numbered) == len(cleaned.marks)
+    for furniture in FURNITURE:
+        assert furniture not in cleaned.text
+
+
+def in_page_order(lines):
+    """The lines with each page cited by its place among the pages (1, 2, 3 ...)."""
+    order = {page: k for k, page in enumerate(dict.fromkeys(page for page, _, _ in lines), 1)}
+    return [(order[page], line, t) for page, line, t in lines]
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_real_transcripts_with_line_numbers_on_the_right_are_cleaned_and_cited(real, padding):
+    text, _ = real
+    lines, index = real_speech(text)
+    cleaned = clean(real_to_right(text, PADDINGS[padding]))
+    check_speech(cleaned, lines)
+    # every page's header, number and footer (page 26's number, right after line 25, reads as an
+    # empty line 26 and goes with the gutter)
+    assert cleaned.removed_lines >= 3 * lines[-1][0]
+    entries = set(re.findall(r"[A-Za-z][\w'.-]* \d{1,3}:\d{1,2}", index))
+    assert [e for e in entries if e in cleaned.text] == []
+    assert cleaned.text.rstrip().endswith("submitted.)")
+    assert "\n\nJUSTICE SCALIA: " in cleaned.text
+
+
+@pytest.mark.parametrize("form_feeds", [True, False], ids=["form_feeds", "no_form_feeds"])
+@pytest.mark.parametrize("headers", [True, False], ids=["headers", "no_headers"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_real_transcripts_without_page_numbers_are_cleaned_and_cited_by_page_order(real, side, headers,
+                                                                                  form_feeds):
+    """The first page of the file is printed page 1, so the page's place is its printed number."""
+    text, _ = real
+    lines, _ = real_speech(text)
+    text = without_page_numbers(text)
+    if side == "right":
+        text = real_to_right(text, PADDINGS["ragged"])
+    if not headers:
+        text = without_furniture(text)
+    if not form_feeds:
+        text = text.replace("\f", "")
+    cleaned = clean(text)
+    check_speech(cleaned, lines)
+    assert cleaned.removed_lines == (2 * lines[-1][0] + 1 if headers else 0)  # + the index's header
+    assert cleaned.text.rstrip().endswith("submitted.)")
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("name", RIGHT_SYNTHETIC)
+def test_synthetic_transcripts_with_line_numbers_on_the_right_are_cleaned(name, padding):
+    text, truth = synthetic(name)
+    cleaned = clean(gutter_to_right(text, PADDINGS[padding]))
+    check_speech(cleaned, truth["lines"])
+    assert "Page" not in cleaned.text
+    assert (cleaned.index_dropped_chars > 0) == truth["index"]
+    for kept in truth["kept"]:  # references a witness reads out stay, on their own line
+        assert words(kept) in cleaned.text
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pages_without_page_numbers_are_cited_by_pdf_page_else_by_their_order(side):
+    """Six pages printed 24-29, their numbers gone, after a cover page without line numbers:
+    with form feeds the pages are the PDF's pages 2-7, without them the gutters' pages 1-6."""
+    text, truth = synthetic("no_index")
+    text = "TRANSCRIPT OF PROCEEDINGS\n\nVolume II\n\f" + without_page_numbers(text)
+    if side == "right":
+        text = gutter_to_right(text, PADDINGS["aligned"])
+    cover = [(0, None, "TRANSCRIPT OF PROCEEDINGS"), (0, None, "Volume II")]  # kept, not cited
+    by_order = cover + in_page_order(truth["lines"])
+    by_pdf_page = cover + [(page + 1, line, t) for page, line, t in in_page_order(truth["lines"])]
+    check_speech(clean(text), by_pdf_page)
+    check_speech(clean(text.replace("\f", "")), by_order)
+    assert clean(text).removed_lines == 6 * 2  # header and footer; no page number to remove
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_pages_of_varying_length_without_page_numbers_are_left_alone(side):
+    """Pages of 26 and 28 lines could be numbered lists; only page numbers make them pages."""
+    text, _ = synthetic("long_pages")
+    text = without_page_numbers(text)
+    if side == "right":
+        text = gutter_to_right(text, PADDINGS["tabs"])
+    assert clean(text) is None
+
+
+WORDS = "agenda budget harbour dredging survey report schedule contract vote council motion".split()
+DISCUSSION = [f"ALICE: We went through {word} and the {other} again, and agreed to come back to it."
+              for word, other in zip(WORDS, reversed(WORDS))]
+
+
+def numbered_list(side: str, length: int, seed: int) -> list[str]:
+    """A list of items numbered from 1, the number before the item or after it."""
+    items = [" ".join(WORDS[(seed * 7 + n * k) % len(WORDS)] for k in range(1, 7))
+             for n in range(1, length + 1)]
+    return [f"{n} {item}" if side == "left" else f"{item:<60} {n}" for n, item in enumerate(items, 1)]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_numbered_lists_of_one_length_between_discussion_are_left_alone(side):
+    """Lists of 25 items, as long as a page, but with a discussion between them, not a page's
+    header and footer."""
+    text = "\n\n".join("\n".join([*DISCUSSION, *numbered_list(side, 25, k)]) for k in range(4))
+    assert clean(text + "\n") is None
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_numbered_lists_of_different_lengths_back_to_back_are_left_alone(side):
+    text = "\n".join(line for k, n in enumerate((22, 25, 30, 24))
+                     for line in (f"List {k}", *numbered_list(side, n, k)))
+    assert clean(text + "\n") is None
+
+
+ADVERSARIAL = (CLEANUP / "plain_numbers_at_line_end.txt").read_text()
+
+
+@pytest.mark.parametrize("text", [
+    ADVERSARIAL, "\f".join([ADVERSARIAL] * 4),
+    "".join(f"BOB: the vote was {s % 9 + 1} to {s % 5}, noted at 00:{m:02d}:{s:02d}\n"
+            for m in range(4) for s in range(1, 26)),
+    "".join(f"Race {k}, round {n}: lap time {n % 7 + 50}, position {n}\n" for k in range(4)
+            for n in range(1, 18 + 3 * k)),
+], ids=["numbers_at_line_end", "four_pages", "timestamps", "rounds"])
+def test_plain_transcripts_with_numbers_at_line_ends_are_cut_as_with_cleanup_off(tmp_path, text):
+    path = tmp_path / "plain.txt"
+    path.write_text(text)
+    info, cfg = textfile.inspect(path), settings.load()
+    auto = [(c.chunk, c.citation) for c in cutting.file_chunks(replace(cfg, text_cleanup="auto"), path, info)]
+    off = [(c.chunk, c.citation) for c in cutting.file_chunks(replace(cfg, text_cleanup="off"), path, info)]
+    assert clean(text) is None
+    assert auto == off

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import ssl
 import sys
@@ -72,9 +73,7 @@ class Embedder:
                 raise ConfigError(f"the embeddings API does not know the model {self.model!r}: "
                                   "check EMBEDDING_MODEL") from None
         except openai.APIConnectionError as e:
-            kind = "timed out" if isinstance(e, openai.APITimeoutError) else "could not be reached"
-            raise ApiUnavailable(f"the embeddings API {kind} ({self.client.base_url}); nothing was claimed") \
-                from None
+            raise ApiUnavailable(self._unreachable(e) + "; nothing was claimed") from None
         except openai.APIError:
             pass
 
@@ -96,8 +95,25 @@ class Embedder:
             raise ApiUnavailable(f"the embeddings API kept failing (HTTP {e.status_code}) after "
                                  f"{self.client.max_retries} retries: {_message(e)}") from None
         except openai.APIConnectionError as e:
-            kind = "timed out" if isinstance(e, openai.APITimeoutError) else "could not be reached"
-            raise ApiUnavailable(f"the embeddings API {kind} after {self.client.max_retries} retries") from None
+            raise ApiUnavailable(self._unreachable(e, f" after {self.client.max_retries} retries")) from None
+
+    def _unreachable(self, error: openai.APIConnectionError, after: str = "") -> str:
+        """The API gave no answer: where it was asked, the setting that says where, and what to check.
+        after: said after what failed (how many retries)."""
+        where = os.environ.get("OPENAI_BASE_URL")  # what the SDK reads (settings put .env's values there)
+        if where is not None and not where.strip():
+            return ("the embeddings API could not be reached: OPENAI_BASE_URL is set but empty, which leaves the "
+                    "OpenAI SDK no address: remove it (OpenAI's own API) or set it to the server's URL")
+        if where:
+            address = f"{self.client.base_url} (OPENAI_BASE_URL)"
+            check = "check that address, that a server is running there, and the network or proxy (HTTPS_PROXY)"
+        else:
+            address = f"{self.client.base_url} (OpenAI's own: OPENAI_BASE_URL is unset)"
+            check = "check the network or proxy (HTTPS_PROXY), or set OPENAI_BASE_URL to another server"
+        if isinstance(error, openai.APITimeoutError):
+            return (f"the embeddings API timed out (OPENAI_TIMEOUT={self.client.timeout:g}s) at {address}{after}: "
+                    f"{check}, or raise OPENAI_TIMEOUT")
+        return f"the embeddings API could not be reached at {address}{after}: {check}"
 
 
 def _vector(embedding) -> np.ndarray:

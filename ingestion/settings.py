@@ -2,11 +2,14 @@
 
 Settings come from the environment, and from a `.env` file (python-dotenv) in the
 working directory or the project root; a variable already set in the environment
-wins over `.env`. Command-line flags override both.
+wins over `.env`. Command-line flags override both. A `.env` is read whole or not at
+all: one python-dotenv cannot read completely stops the run (load()), naming its line.
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +92,16 @@ SETTINGS = [
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 _dotenv_loaded = False
+_dotenv_problem: str | None = None  # why the `.env` file was not read; load() stops the run with it
 
 
 def load_dotenv_once() -> None:
-    """Read `.env` from the working directory, else the project root (environment wins)."""
-    global _dotenv_loaded
+    """Read `.env` from the working directory, else the project root (environment wins).
+
+    A file that cannot be read completely is not read at all (python-dotenv would skip its bad
+    lines with a warning and run on the defaults): load() then stops the run, naming the line.
+    ChromaDB reads `.env` in the working directory too, when it is imported: only after load()."""
+    global _dotenv_loaded, _dotenv_problem
     if _dotenv_loaded:
         return
     _dotenv_loaded = True
@@ -101,8 +109,46 @@ def load_dotenv_once() -> None:
 
     for candidate in (Path.cwd() / ".env", PROJECT_ROOT / ".env"):
         if candidate.is_file():
-            load_dotenv(candidate, override=False)
+            _dotenv_problem = dotenv_problem(candidate)
+            if _dotenv_problem is None:
+                load_dotenv(candidate, override=False)
             break
+
+
+def dotenv_problem(path: Path) -> str | None:
+    """Why the settings file at path cannot be read completely (its first bad line), or None."""
+    from dotenv.parser import parse_stream
+
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except OSError as e:
+        return f"cannot read the settings file {path}: {e.strerror}"
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        return f"settings file {path}, line {line}: not UTF-8 text; save the file as UTF-8"
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error or (binding.key is not None and binding.value is None):  # (a name alone sets nothing)
+            line, name, why = _bad_line(binding.original.string, binding.original.line)
+            named = f" ({name})" if name in _BY_NAME else ""
+            return f"settings file {path}, line {line}{named}: {why}; nothing was run: fix that line (NAME=value)"
+    return None
+
+
+def _bad_line(text: str, line: int) -> tuple[int, str, str]:
+    """A statement python-dotenv could not read, as (its line, the name it starts with, what is wrong).
+    python-dotenv counts the blank lines before a statement as part of it: they are skipped here."""
+    blank = re.match(r"\s*", text).group()
+    line += len(re.findall(r"\r\n|\r|\n", blank))
+    first = re.sub(r"^export[^\S\r\n]+", "", text[len(blank):]).splitlines()[0]
+    name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", first)
+    if "=" not in first:
+        why = "no '=' in it"
+    elif first.split("=", 1)[1].lstrip()[:1] in ("'", '"'):
+        why = "a quote is not closed, or there is text after the closing quote"
+    else:
+        why = "not a NAME=value line"
+    return line, name.group() if name else "", why
 
 
 def raw(name: str) -> str | None:
@@ -201,6 +247,8 @@ class Config:
 def load(overrides: dict[str, str | None] | None = None) -> Config:
     """Build the Config from environment, `.env` and flag overrides (name -> value)."""
     load_dotenv_once()
+    if _dotenv_problem:
+        raise ConfigError(_dotenv_problem)
     for name, value in (overrides or {}).items():
         if value is not None:
             os.environ[name] = str(value)

@@ -15,11 +15,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import SAMPLE_TRANSCRIPT, Project
+from conftest import ROOT, SAMPLE_TRANSCRIPT, Project
+from waiting import wait_for
+
+sys.path.insert(0, str(ROOT))
+from ingestion.procinfo import pid_alive  # noqa: E402
 
 CORPUS = {f"show-{n}.txt": "\n\n".join(SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}.{k}") for k in range(5))
           for n in range(5)}
@@ -50,9 +55,11 @@ def start_chroma(data: Path, port: int | None = None) -> tuple[subprocess.Popen,
     return proc, {"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(port)}
 
 
-@pytest.fixture
-def chroma_server(tmp_path):
-    proc, env = start_chroma(tmp_path / "server-data")
+@pytest.fixture(scope="session")
+def chroma_service(tmp_path_factory):
+    """One `chroma run` server for every test that needs only a collection of its own (tests that
+    stop or kill a server start their own)."""
+    proc, env = start_chroma(tmp_path_factory.mktemp("chroma-server"))
     yield env
     proc.send_signal(signal.SIGTERM)
     try:
@@ -61,11 +68,18 @@ def chroma_server(tmp_path):
         proc.kill()
 
 
+@pytest.fixture
+def chroma_server(chroma_service):
+    """The shared server, with a collection no other test has used (CHROMA_COLLECTION)."""
+    return {**chroma_service, "CHROMA_COLLECTION": f"t{uuid.uuid4().hex[:12]}"}
+
+
 def server_chunks(env) -> dict:
     import chromadb
 
     client = chromadb.HttpClient(host=env["CHROMA_HOST"], port=int(env["CHROMA_PORT"]))
-    got = client.get_collection("transcripts", embedding_function=None).get(include=["documents", "metadatas"])
+    name = env.get("CHROMA_COLLECTION", "transcripts")
+    got = client.get_collection(name, embedding_function=None).get(include=["documents", "metadatas"])
     return {i: (d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])}
 
 
@@ -102,10 +116,11 @@ def test_diskless_cron_runs_finish_the_corpus_without_paying_twice(project, api,
                                   env={**project.env, "MAX_ITERATIONS": "2", "EMBED_BATCH_SIZE": "2"},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if runs == 1:  # one run is killed mid-file, as on a deploy
-            time.sleep(2.5)
+            child = wait_for(lambda: child_at_work(project), 60, "a child ingesting a file")
             worker.kill()
             worker.wait()
-            time.sleep(4)  # its orphaned child finishes (or not) on its own
+            # its orphaned child finishes (or not) on its own, before the next instance starts
+            wait_for(lambda: not pid_alive(child), 60, f"the orphaned child {child} to end")
             out = ""
         else:
             out, err = worker.communicate(timeout=180)
@@ -135,6 +150,16 @@ def test_diskless_cron_runs_finish_the_corpus_without_paying_twice(project, api,
     assert api.stats()["requests"] == 0
 
 
+def child_at_work(project) -> int | None:
+    """The pid of a child holding a file in processing, if any (the queue as the worker wrote it)."""
+    try:
+        q = project.queue
+    except (OSError, ValueError):
+        return None
+    leases = [(q["files"][p].get("lease") or {}) for p in q["processing"]]
+    return next((lease["child_pid"] for lease in leases if lease.get("child_pid")), None)
+
+
 def test_a_file_held_by_another_worker_is_left_alone(project, api, chroma_server):
     """Two machines share one Chroma server: a file leased by one is skipped by the other."""
     project.env.update(chroma_server)
@@ -144,7 +169,7 @@ def test_a_file_held_by_another_worker_is_left_alone(project, api, chroma_server
     from ingestion import settings
     from ingestion.store import Store
 
-    os.environ.update({**chroma_server, "CHROMA_COLLECTION": "transcripts"})
+    os.environ.update(chroma_server)
     try:
         with Store(settings.load()) as store:
             assert store.claim(held, "other-machine:123", 600) is None

@@ -29,11 +29,14 @@ EXIT_CODES = [
     ExitCode(6, "split", "out of memory: the file was split and its parts queued", False),
     ExitCode(7, "released", "interrupted (SIGTERM): the file went back to pending", False),
     ExitCode(8, "held elsewhere", "store busy, or the file is taken by another worker", False),
+    ExitCode(9, "server lost", "the fork server that starts each file's process was killed again before a file "
+                               "was done (out of memory?); files in flight were finished or went back to pending",
+             False),
 ]
 _BY_CODE = {e.code: e for e in EXIT_CODES}
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_FILE_FAILED, EXIT_API_DOWN, EXIT_AUTH, EXIT_MEMORY, EXIT_INTERRUPTED, \
-    EXIT_BUSY = (e.code for e in EXIT_CODES)
+    EXIT_BUSY, EXIT_SERVER_LOST = (e.code for e in EXIT_CODES)
 
 
 def outcome_name(code: int) -> str:
@@ -104,6 +107,13 @@ class Interrupted(IngestionError):
 
 class StoreBusy(IngestionError):
     exit_code = EXIT_BUSY
+
+
+class ForkServerLost(IngestionError):
+    """The worker's fork server died (killed) again before a child it started finished a file, or
+    cannot be started: the run stops; the files in flight were finished or released."""
+
+    exit_code = EXIT_SERVER_LOST
 
 
 class HeldElsewhere(IngestionError):

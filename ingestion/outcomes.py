@@ -93,22 +93,33 @@ def split(cfg: Config, path: str, parts: list[str], original: str, original_sha:
         file_queue.replace_with_parts(q, path, parts, original)
 
 
-def after_death(cfg: Config, path: str, rc: int, oom_seen: bool, stopping: bool) -> str:
+def after_death(cfg: Config, path: str, rc: int | None, oom_seen: bool, stopping: bool) -> str:
     """Its process died while the file was in processing. Returns the outcome's name, or
-    "split" when the caller must split the file (out of memory)."""
+    "split" when the caller must split the file (out of memory).
+
+    rc: its exit status (negative: the signal), None when it cannot be known (its fork server
+    died first: CPython then reports 255). stopping: the worker was stopping, so it had sent
+    the process SIGTERM and, after GRACE_SECONDS, SIGKILL: a death it caused is never evidence
+    of anything about the file (not of memory: no kill is counted toward splitting)."""
     with state.transaction(cfg, checkpoint="append") as (q, c):
         where = file_queue.where(q, path)
         if where != "processing":
             return {"completed": "completed", "failed": "failed", "pending": "requeued"}.get(where, "split")
+        if rc is None or stopping or rc in (-signal.SIGTERM, EXIT_INTERRUPTED):
+            file_queue.release(q, path)
+            if rc is None:
+                log.warning("%s: its process ended after the fork server was lost (exit status unknown); "
+                            "back to pending", path)
+            elif rc == -signal.SIGKILL:
+                log.warning("%s: its process was killed by the worker (still busy after GRACE_SECONDS=%d on "
+                            "stopping); back to pending, no kill counted", path, cfg.grace_seconds)
+            return "released"
         if rc == -signal.SIGKILL:
             if oom_seen or file_queue.count_kill(q, path) >= 2:
                 return "split"
             file_queue.release(q, path)
             log.warning("%s: its process was killed (SIGKILL); requeued (a second kill splits it)", path)
             return "requeued"
-        if rc in (-signal.SIGTERM, EXIT_INTERRUPTED) or stopping:
-            file_queue.release(q, path)
-            return "released"
         if rc == EXIT_MEMORY:
             return "split"
         reason = f"its process ended with {describe(rc)} without recording an outcome"

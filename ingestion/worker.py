@@ -21,7 +21,16 @@ When a child dies without recording an outcome (outcomes.after_death):
   evidence (memory.events oom_kill went up) or on the file's second kill, it is
   split and its parts are queued; a first kill without evidence just requeues it
   (a kill -9 by hand should not change how a file is chunked);
+- while the worker is stopping (SIGTERM: it forwards it, and kills a child still busy after
+  GRACE_SECONDS): the file goes back to pending; a death the worker caused counts for nothing;
 - any other death: the file fails with the exit status as its reason.
+
+When the fork server dies (killed: by the OOM killer, or by hand), CPython reports 255 for every
+child it started, though those children live on. The worker tells that from a child's own exit
+status by looking at the server: it says so in one line, keeps serving and reading the children
+already running until they end (they finish their files, and their outcomes are counted), returns
+the file of one that dies to pending (its exit status cannot be known), and starts a new server
+for the next files. Lost again before a file was done, the run stops with exit 9.
 """
 from __future__ import annotations
 
@@ -39,7 +48,7 @@ from pathlib import Path
 
 from ingestion import checkpoint, file_queue, job, outcomes, procinfo, progress, scan, state, unwritten
 from ingestion.errors import (EXIT_API_DOWN, EXIT_AUTH, EXIT_BUG, EXIT_BUSY, EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_OK,
-                              IngestionError, outcome_name)
+                              EXIT_SERVER_LOST, ForkServerLost, IngestionError, outcome_name)
 from ingestion.settings import Config
 
 log = logging.getLogger("ingestion")
@@ -106,6 +115,11 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
     job.check_ready(cfg, store=None, api=False)
     fork = "forkserver" in multiprocessing.get_all_start_methods()
     waiting = _work_waiting(cfg)
+    if waiting and cfg.grace_seconds <= cfg.openai_timeout:
+        log.warning("GRACE_SECONDS=%d is not longer than OPENAI_TIMEOUT=%g: a stop (deploy, restart) during a slow "
+                    "embeddings request kills the file's process before it can release the file (it goes back to "
+                    "pending all the same, and that request is paid again); set GRACE_SECONDS above "
+                    "OPENAI_TIMEOUT and below the platform's shutdown delay", cfg.grace_seconds, cfg.openai_timeout)
     launcher = ForkLauncher(cfg, start=waiting) if fork else SubprocessLauncher()
     check_store(cfg, wait=False)  # embedded: held by another worker for its whole run, so not worth waiting
     if waiting:  # (nothing pending: nothing will be paid, so the API is not asked)
@@ -130,7 +144,7 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
     summary = ", ".join(f"{n} {k}" for k, n in sorted(r.tally.outcomes.items())) or "none"
     print(f"worker: {r.tally.runs} files run ({summary}); queue: pending {counts['pending']}, "
           f"processing {counts['processing']}, completed {counts['completed']}, failed {counts['failed']}")
-    if code in (EXIT_AUTH, EXIT_CONFIG) and r.stopped_by:
+    if code in (EXIT_AUTH, EXIT_CONFIG, EXIT_SERVER_LOST) and r.stopped_by:
         raise RunStopped(r.stopped_by, code)
     return code
 
@@ -184,7 +198,7 @@ def _lane(r: _Run, launcher) -> None:
             r.running += 1
         try:
             rc, pid, done = launcher.run(os.getpid(), budget, held, r.stop, r.cfg.grace_seconds)
-        except IngestionError as e:  # the worker's store cannot be opened: nothing was claimed
+        except IngestionError as e:  # the worker's store cannot be opened, or no fork server: nothing was claimed
             with r.lock:
                 r.running -= 1
                 r.stopped_by = str(e)
@@ -197,6 +211,8 @@ def _lane(r: _Run, launcher) -> None:
             ran = r.tally.runs - before
             r.given += ran - budget
             r.advance(ran)
+            if rc is None:
+                continue  # its fork server died: what it held is counted; the next child gets a new server
             if rc in (EXIT_AUTH, EXIT_CONFIG) or (rc != EXIT_OK and ran == 0):
                 r.halt(rc)  # a problem of the run, or a child that cannot start: stop here
                 return
@@ -221,10 +237,11 @@ class RunStopped(IngestionError):
         self.exit_code = code
 
 
-def _count(cfg: Config, tally: Tally, rc: int, pid: int, done: list, held: set[str], stop: job.StopFlag,
+def _count(cfg: Config, tally: Tally, rc: int | None, pid: int, done: list, held: set[str], stop: job.StopFlag,
            oom_before: int) -> str:
-    """Tally what a child did: the outcomes it reported, and the files it held when it died or stopped.
-    Returns the message of a problem of the run that stopped it, if any."""
+    """Tally what a child did: the outcomes it reported, and the files it held when it died or stopped
+    (rc None: its exit status is not known, its fork server died). Returns the message of a problem of
+    the run that stopped it, if any."""
     stopped_by = ""
     for file_rc, file_path, why in done:
         tally.add(outcome_name(file_rc))
@@ -239,7 +256,7 @@ def _count(cfg: Config, tally: Tally, rc: int, pid: int, done: list, held: set[s
     return stopped_by
 
 
-def _after_death(cfg: Config, path: str, rc: int, stop: job.StopFlag, oom_seen: bool) -> str:
+def _after_death(cfg: Config, path: str, rc: int | None, stop: job.StopFlag, oom_seen: bool) -> str:
     outcome = outcomes.after_death(cfg, path, rc, oom_seen, stopping=stop())
     if outcome != "split":
         return outcome
@@ -256,7 +273,8 @@ def child_main(owner_pid: int, budget: int, held: list[str], report, link=None) 
     then job.work. report(code, path, why) tells the worker each file's outcome; link: the worker's store."""
     from ingestion import cli, settings
 
-    os.setsid()
+    if os.getsid(0) != os.getpid():  # (a SubprocessLauncher child is started in a session of its own)
+        os.setsid()
     cli.setup_logging()
     stop = job.StopFlag().install()
     try:
@@ -299,13 +317,18 @@ def _check_embedding_child(conn) -> None:
 
 
 def _supervise(pid: int, alive, signal_child, stop: job.StopFlag, grace: float) -> None:
-    """Wait for the child; on SIGTERM forward it, and kill the child after the grace period."""
+    """Wait for the child; on SIGTERM forward it, and kill the child after the grace period (its file then
+    goes back to pending: outcomes.after_death)."""
     forwarded_at = None
+    killed = False
     while alive(0.2):
         if stop() and forwarded_at is None:
             signal_child(signal.SIGTERM)
             forwarded_at = time.monotonic()
         elif forwarded_at is not None and time.monotonic() - forwarded_at > grace:
+            if not killed:
+                log.warning("process %d was still busy %gs after SIGTERM (GRACE_SECONDS): killing it", pid, grace)
+                killed = True
             signal_child(signal.SIGKILL)
 
 
@@ -315,9 +338,19 @@ def _supervise(pid: int, alive, signal_child, stop: job.StopFlag, grace: float) 
 _PROCS = threading.Lock()
 
 
-def start_child(proc) -> None:
+def start_child(proc) -> int | None:
+    """Start proc from the fork server; returns the pid of the server that forked it."""
     with _PROCS:
         proc.start()
+        return fork_server_pid()
+
+
+def fork_server_pid() -> int | None:
+    """The pid of the fork server this process started last (None: none yet). CPython keeps it, unexported,
+    in multiprocessing.forkserver; its ensure_running() reaps a dead server and starts a new one."""
+    from multiprocessing import forkserver
+
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
 
 
 def child_exit(proc, timeout: float | None) -> int | None:
@@ -333,9 +366,13 @@ def child_exit(proc, timeout: float | None) -> int | None:
 class ForkLauncher:
     """Children forked from a fork server that preloaded the pipeline (no Chroma client, socket or
     thread exists in the server). The worker opens the store once and lends it to every child
-    (store_link), so children run side by side and none of them opens Chroma."""
+    (store_link), so children run side by side and none of them opens Chroma.
+
+    A fork server that dies is replaced (CPython's ensure_running starts a new one when a child is
+    started); lost again before a child of a newer one reported a file, the run stops (ForkServerLost)."""
 
     shares_store = True
+    LOST_IN_A_ROW = 2  # fork servers lost with no file done in between: the run stops
 
     def __init__(self, cfg: Config, start: bool = True):
         from multiprocessing import forkserver
@@ -345,6 +382,9 @@ class ForkLauncher:
         self.cfg = cfg
         self.shared = None  # the worker's open store, once the first child needs it (store_link.Shared)
         self.store_lock = threading.Lock()
+        self.lost: set[int] = set()  # pids of fork servers found dead
+        self.lost_in_a_row = 0       # of them, lost since a child of a living one last reported a file
+        self.servers_lock = threading.Lock()
         # the server is a new interpreter that takes no sys.path from us before preloading: give it ours
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -364,19 +404,92 @@ class ForkLauncher:
     def check_embedding(self, cfg: Config) -> None:
         """job.check_embedding in a child of the fork server (which has the openai client and the tokenizer
         loaded: the worker itself never loads them); its error, if any, is raised here."""
-        reader, writer = self.ctx.Pipe(duplex=False)
-        child = self.ctx.Process(target=_check_embedding_child, args=(writer,), daemon=True)
-        start_child(child)
-        writer.close()
-        try:
-            error = reader.recv()
-        except EOFError:
-            error = IngestionError(f"the check of the embeddings API ended without an answer "
-                                   f"(exit status {child_exit(child, None)})")
-        child_exit(child, None)
-        reader.close()
-        if error is not None:
-            raise error
+        def make():
+            reader, writer = self.ctx.Pipe(duplex=False)
+            return self.ctx.Process(target=_check_embedding_child, args=(writer,), daemon=True), [reader, writer]
+
+        while True:
+            child, (reader, writer), server = self._start(make)
+            writer.close()
+            try:
+                answered, error = True, reader.recv()
+            except EOFError:
+                answered, error = False, None
+            reader.close()
+            code = child_exit(child, None)
+            if not answered:
+                if code == 255 and self._server_gone(server):
+                    continue  # the server died before the check had its answer: asked again of a new one
+                error = IngestionError(f"the check of the embeddings API ended without an answer (exit status {code})")
+            if error is not None:
+                raise error
+            return
+
+    def _start(self, make) -> tuple:
+        """Start a child: make() returns (the process, its pipes). Returns them and the pid of the fork server
+        that forked it. A server found dead, idle or while it starts the child, is said once and replaced;
+        lost again before a file was done: ForkServerLost."""
+        while True:
+            previous = fork_server_pid()
+            if previous is not None and not procinfo.pid_alive(previous):
+                self._lost_server(previous)  # (died idle, or before the first child)
+            with self.servers_lock:
+                if self.lost_in_a_row >= self.LOST_IN_A_ROW:
+                    raise ForkServerLost(
+                        f"the fork server was lost {self.lost_in_a_row} times with no file done in between "
+                        f"(pids {', '.join(map(str, sorted(self.lost)))}; killed: out of memory?); the files in "
+                        "flight were finished or went back to pending: run again")
+            child, pipes = make()
+            with _PROCS:  # (start_child's lock: the server's pid read here is the one asked to fork this child)
+                previous = fork_server_pid()
+                try:
+                    child.start()
+                    failed = None
+                except (OSError, EOFError) as e:  # the server died as it was asked for the child
+                    failed = e
+                server = fork_server_pid()
+            if previous is not None and previous != server:
+                self._lost_server(previous)  # (it died a moment before: CPython started another)
+            if failed is None:
+                return child, pipes, server
+            for conn in pipes:  # (a child forked before the server died finds them closed: it releases its file)
+                conn.close()
+            if server is None:
+                raise ForkServerLost(f"cannot start the fork server: {failed}")
+            if not self._server_gone(server):
+                raise failed
+
+    def _server_gone(self, server: int | None) -> bool:
+        """After CPython said 255 (a child's exit status, or the server's pipe closed): True when the fork server
+        that forked the child is dead (recorded), False when it lives (255 was the child's own status)."""
+        if server is None:
+            return False
+        deadline = time.monotonic() + 1.0
+        while procinfo.pid_alive(server):  # (its pipes close a moment before it is seen dead)
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        self._lost_server(server)
+        return True
+
+    def _lost_server(self, server: int) -> None:
+        """Record that this fork server is dead, and say so once."""
+        with self.servers_lock:
+            if server in self.lost:
+                return
+            self.lost.add(server)
+            self.lost_in_a_row += 1
+            last = self.lost_in_a_row >= self.LOST_IN_A_ROW
+        log.error("the fork server (pid %d) is gone (killed: out of memory, or by hand?): the processes it started "
+                  "finish their files, the file of one that dies goes back to pending; %s", server,
+                  "it was lost again before a file was done, so this run stops" if last else
+                  "a new fork server starts the next files")
+
+    def _reported(self, server: int | None) -> None:
+        """A child reported a file: a child of a living server did, the fork server is fine again."""
+        with self.servers_lock:
+            if server not in self.lost:
+                self.lost_in_a_row = 0
 
     def _shared_store(self):
         from ingestion.store import Store
@@ -388,32 +501,48 @@ class ForkLauncher:
             return self.shared
 
     def run(self, owner_pid: int, budget: int, held: set[str], stop: job.StopFlag, grace: float):
+        """One child: (its exit code, None when it cannot be known (its fork server died), its pid, the
+        outcomes it reported)."""
         from ingestion import store_link
 
         shared = self._shared_store()
-        reader, writer = self.ctx.Pipe(duplex=False)
-        mine, theirs = self.ctx.Pipe(duplex=True)
-        child = self.ctx.Process(target=_fork_child, args=(owner_pid, budget, sorted(held), writer, theirs),
-                                 daemon=False)
-        start_child(child)
+
+        def make():
+            reader, writer = self.ctx.Pipe(duplex=False)
+            mine, theirs = self.ctx.Pipe(duplex=True)
+            child = self.ctx.Process(target=_fork_child, args=(owner_pid, budget, sorted(held), writer, theirs),
+                                     daemon=False)
+            return child, [reader, writer, mine, theirs]
+
+        child, (reader, writer, mine, theirs), server_pid = self._start(make)
         writer.close()
         theirs.close()
         server = threading.Thread(target=store_link.serve, args=(shared, mine), daemon=True)
         server.start()
         done: list[tuple[int, str, str]] = []
         ended = [False]
+        orphan = [False]  # its fork server died: the child lives on, watched by its pid
 
         def alive(timeout: float) -> bool:
             if not ended[0]:
                 while reader.poll(timeout):
                     try:
                         done.append(reader.recv())
+                        self._reported(server_pid)
                     except EOFError:
                         ended[0] = True
                         break
                     timeout = 0
+            if orphan[0]:
+                if ended[0]:  # (it closed its pipe: it is exiting)
+                    time.sleep(0.05)
+                return procinfo.pid_alive(child.pid)
             # (the child closed its pipe: wait for its exit)
-            return child_exit(child, timeout if ended[0] else 0) is None
+            code = child_exit(child, timeout if ended[0] else 0)
+            if code == 255 and self._server_gone(server_pid):
+                orphan[0] = True
+                return procinfo.pid_alive(child.pid)
+            return code is None
 
         def signal_child(sig: int) -> None:
             try:
@@ -422,7 +551,7 @@ class ForkLauncher:
                 pass
 
         _supervise(child.pid, alive, signal_child, stop, grace)
-        code = child_exit(child, None)
+        code = None if orphan[0] else child_exit(child, None)
         while not ended[0] and reader.poll(0):
             try:
                 done.append(reader.recv())

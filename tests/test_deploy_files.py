@@ -870,8 +870,9 @@ def test_worker_loop_sleeps_between_runs_and_stops_on_sigterm(tmp_path):
         assert (tmp_path / "generated").read_text() == "x", "one round, then a pause"
         loop.send_signal(signal.SIGTERM)
         loop.communicate(timeout=15)
-        time.sleep(0.2)
-        left = [k for k in kids if Path(f"/proc/{k}").exists()]
+        deadline = time.monotonic() + 5  # (its sleep is signalled with it: gone within moments)
+        while (left := [k for k in kids if Path(f"/proc/{k}").exists()]) and time.monotonic() < deadline:
+            time.sleep(0.02)
     finally:
         cleanup(loop)
     assert not left, "the loop left its sleep running"

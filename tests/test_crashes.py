@@ -17,6 +17,7 @@ import time
 import pytest
 
 from conftest import ROOT, SAMPLE_TRANSCRIPT, Project
+from waiting import wait_for
 from ingestion.procinfo import pid_alive
 
 CORPUS = {f"day{n}/session-{n}.txt": "\n\n".join(
@@ -50,34 +51,45 @@ def start_worker(project: Project, **env) -> subprocess.Popen:
                             cwd=project.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def child_pid(project: Project, timeout: float = 20) -> int | None:
-    """The pid of the ingest child currently holding a file, once there is one."""
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            q = project.queue
-        except (OSError, ValueError):
-            q = {"processing": [], "files": {}}
-        for path in q["processing"]:
-            pid = (q["files"].get(path, {}).get("lease") or {}).get("child_pid")
-            if pid:
-                return pid
-        time.sleep(0.02)
+def _holder(project: Project, skip=()) -> tuple[str, int] | None:
+    """(path, pid) of a live ingest child holding a file in processing (not one of skip), if any."""
+    try:
+        q = project.queue
+    except (OSError, ValueError):  # no queue yet
+        return None
+    for path in q["processing"]:
+        pid = (q["files"].get(path, {}).get("lease") or {}).get("child_pid")
+        if pid and path not in skip and pid_alive(pid):
+            return path, pid
     return None
 
 
+def child_pid(project: Project, worker: subprocess.Popen, timeout: float = 60) -> int:
+    """The pid of a live ingest child of worker holding a file, once there is one (the test fails if none
+    comes, at once with the worker's output if it ended)."""
+    found = wait_for(lambda: _holder(project) or worker.poll() is not None, timeout, "an ingest child holding a file")
+    if found is True:
+        out, err = worker.communicate()
+        raise AssertionError(f"the worker ended (exit {worker.returncode}) before a child held a file:\n{out}{err}")
+    return found[1]
+
+
+def answered(api) -> int:
+    """Embeddings requests the API has answered so far."""
+    return api.stats()["ok_requests"]
+
+
 def wait_for_orphans(project: Project, timeout: float = 60) -> None:
-    """After the worker is killed its child finishes on its own; wait for it."""
-    end = time.time() + timeout
-    while time.time() < end:
+    """After the worker is killed its children finish on their own (they release their files): wait for
+    them, or fail the test (the next run must not start beside them)."""
+    def gone() -> bool:
         try:
             q = project.queue
         except FileNotFoundError:  # killed before it wrote a queue
-            return
-        alive = [p for p in q["processing"] if pid_alive((q["files"][p].get("lease") or {}).get("child_pid"))]
-        if not alive:
-            return
-        time.sleep(0.1)
+            return True
+        return not any(pid_alive((q["files"][p].get("lease") or {}).get("child_pid")) for p in q["processing"])
+
+    wait_for(gone, timeout, "the killed worker's children to release their files")
 
 
 def finish_and_compare(project: Project, clean, api) -> None:
@@ -92,41 +104,86 @@ def finish_and_compare(project: Project, clean, api) -> None:
 
 @pytest.mark.parametrize("seed,files_per_child", [(0, 1), (1, 1), (2, 3)])
 def test_kill_9_of_the_child_at_random_moments(project, api, clean, seed, files_per_child):
+    """kill -9 of ingest children at random moments of one run: each victim a child that has just claimed a
+    file, killed once the API has answered k more requests (k random, at most 2: a file takes 8, so the
+    victim is mid-file and the kill lands on it). The worker goes on and finishes the queue itself.
+    One child a file: two kills, of different files (a file's second kill splits it, which a clean run
+    does not). Three files a child: one kill (its next child may take a killed file back)."""
     rnd = random.Random(seed)
     fill(project)
     project.run("generate_file_queue.py")
-    api.set_faults(latency_ms=300)  # ~2.4 s a file: files side by side would otherwise be done before a kill
-    killed, logs = 0, ""
-    for _ in range(3):
-        worker = start_worker(project, FILES_PER_CHILD=str(files_per_child))
-        pid = child_pid(project)
-        time.sleep(rnd.uniform(0.0, 2.5))
-        pid = child_pid(project, timeout=1) or pid
-        if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-        logs += worker.communicate(timeout=120)[1]
-    assert killed >= 1, "no child was ever found and killed: the test tested nothing"
-    assert "was killed (SIGKILL)" in logs, "no kill reached a file: " + logs[-2000:]
+    api.set_faults(latency_ms=300)  # ~2.4 s a file
+    worker = start_worker(project, FILES_PER_CHILD=str(files_per_child))
+    victims, seen = [], set()
+    for _ in range(2 if files_per_child == 1 else 1):
+        # a file claimed since the last kill (its child's answers since then are at most k)
+        path, pid = wait_for(lambda: _holder(project, skip=seen), 60, "a child claiming a file not seen before")
+        base, k = answered(api), rnd.randint(0, 2)
+        wait_for(lambda: answered(api) >= base + k, 60, f"{k} more answers")
+        q = project.queue
+        held = [p for p in q["processing"] if (q["files"][p].get("lease") or {}).get("child_pid") == pid]
+        assert path in held, f"{path} was done after {k} answers: the victim was not mid-file"
+        os.kill(pid, signal.SIGKILL)
+        victims += held
+        seen |= set(q["processing"]) | set(held)
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, out + err
+    for path in victims:  # each kill landed while its child held the file
+        assert f"{path}: its process was killed (SIGKILL); requeued" in err, path + "\n" + err[-3000:]
     api.set_faults(latency_ms=0)
     finish_and_compare(project, clean, api)
 
 
 @pytest.mark.parametrize("seed", range(2))
 def test_kill_9_of_the_worker_at_random_moments(project, api, clean, seed):
+    """Three runs, each killed with kill -9 at a random moment of its ingesting: once a child holds a file
+    and the API has answered k more requests (k random). Moments are counted in answers, not seconds, so
+    every kill lands mid-run however fast or loaded the machine is (a random sleep landed in the worker's
+    start-up on a loaded machine and after the run's end on an idle one).
+    One file is stored first, by a run left alone: the collection's record is then written, and no random
+    kill can land between its first write and that record (that moment has a test of its own, below)."""
     rnd = random.Random(100 + seed)
     fill(project)
+    first = project.run("process_queue_worker.py", MAX_ITERATIONS="1", FILE_CONCURRENCY="1", **SLOW)
+    assert first.returncode == 0 and len(project.queue["completed"]) == 1, first.stderr
     api.set_faults(latency_ms=100)
     for _ in range(3):
-        worker = start_worker(project)  # builds the queue itself the first time
-        time.sleep(rnd.uniform(0.3, 4.0))
+        worker = start_worker(project)
+        child_pid(project, worker)
+        k = rnd.randint(0, 6)  # (40 requests left, 8 a file: each run leaves files for the next)
+        base = answered(api)
+        wait_for(lambda: answered(api) >= base + k or worker.poll() is not None, 60, f"{k} more answers")
         worker.send_signal(signal.SIGKILL)
-        worker.wait()
+        err = worker.communicate(timeout=60)[1]  # (to its end: the orphaned children write to it too)
+        assert worker.returncode == -signal.SIGKILL, "the run ended before the kill: " + err[-2000:]
         wait_for_orphans(project)
     api.set_faults(latency_ms=0)
+    finish_and_compare(project, clean, api)
+
+
+DIES_AT_THE_COLLECTIONS_RECORD = """
+import os, runpy, signal, sys
+root = sys.argv[1]
+sys.path.insert(0, root)
+from ingestion import store
+# killed at the moment the collection's record is to be written: its first vectors are stored, the record not
+store.Store.stamp = lambda self, dimensions: os.kill(os.getpid(), signal.SIGKILL)
+sys.argv = [os.path.join(root, "ingestion", "process_queue_worker.py")]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="ingestion/store.py Store.add writes a new collection's first vectors before "
+                   "its record (stamp): a worker killed between the two leaves a collection every later run refuses "
+                   "as made elsewhere (exit 2). Fix: stamp before the first upsert")
+def test_a_kill_between_the_first_write_and_the_collections_record_leaves_a_usable_store(project, api, clean):
+    fill(project)
+    worker = subprocess.Popen([sys.executable, "-c", DIES_AT_THE_COLLECTIONS_RECORD, str(ROOT)],
+                              env={**project.env, "MAX_ITERATIONS": "0", **SLOW}, cwd=project.root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = worker.communicate(timeout=120)[1]
+    assert worker.returncode == -signal.SIGKILL, err[-2000:]
+    wait_for_orphans(project)
     finish_and_compare(project, clean, api)
 
 
@@ -134,10 +191,14 @@ def test_answers_that_reach_children_after_the_worker_is_killed_are_not_paid_aga
     """The worker holds the store; a kill -9 of it leaves its children with paid answers and nowhere to
     write them. They keep them on disk (checkpoints/unwritten) and the next run writes them first."""
     fill(project)
+    # one file stored first, by a run left alone: the kill cannot land between the collection's first write
+    # and its record (a moment with a test of its own)
+    first = project.run("process_queue_worker.py", MAX_ITERATIONS="1", FILE_CONCURRENCY="1", **SLOW)
+    assert first.returncode == 0 and len(project.queue["completed"]) == 1, first.stderr
     api.set_faults(latency_ms=1500)  # every child has a request in flight when the worker dies
     worker = start_worker(project)
-    assert child_pid(project, timeout=60), "no child ever claimed a file"
-    time.sleep(2.0)
+    child_pid(project, worker)
+    wait_for(lambda: api.stats()["in_flight"] >= 2, 60, "children side by side with a request in flight each")
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     wait_for_orphans(project)
@@ -163,8 +224,9 @@ def test_oom_kill_splits_the_file_and_finishes_it(project, api):
     api.set_faults(latency_ms=30)
     for kill in range(2):  # the OOM killer strikes the same file twice
         worker = start_worker(project, MAX_ITERATIONS="1", SPLIT_MIN_BYTES="1000")
-        pid = child_pid(project)
-        time.sleep(0.8)
+        pid = child_pid(project, worker)
+        base = answered(api)
+        wait_for(lambda: answered(api) > base, 60, "the child's first answer")  # mid-file (~40 requests)
         os.kill(pid, signal.SIGKILL)
         out, err = worker.communicate(timeout=60)
         assert worker.returncode == 0, err
@@ -212,8 +274,9 @@ def test_sigterm_releases_or_finishes_the_current_file(project, api, clean):
     project.run("generate_file_queue.py")
     api.set_faults(latency_ms=40)
     worker = start_worker(project)
-    assert child_pid(project)
-    time.sleep(1.0)
+    child_pid(project, worker)
+    base = answered(api)
+    wait_for(lambda: answered(api) > base, 60, "a child's first answer")  # mid-file
     started = time.time()
     worker.send_signal(signal.SIGTERM)
     out, err = worker.communicate(timeout=30)
@@ -251,7 +314,7 @@ def test_a_second_worker_on_a_busy_embedded_store_exits_8_at_once(project, api, 
     project.run("generate_file_queue.py")
     api.set_faults(latency_ms=300)
     first = start_worker(project)
-    assert child_pid(project) is not None  # the first worker is ingesting
+    child_pid(project, first)  # the first worker is ingesting
     second = project.run("process_queue_worker.py", MAX_ITERATIONS="0", timeout=60)
     assert second.returncode == 8, second.stderr
     assert len(second.stderr.strip().splitlines()) == 1 and "in use by another process" in second.stderr
@@ -261,23 +324,38 @@ def test_a_second_worker_on_a_busy_embedded_store_exits_8_at_once(project, api, 
 
 
 READER = """
-import sys, time
+import sys
 sys.path.insert(0, sys.argv[1])
 from ingestion import settings
 from ingestion.store import Store
 with Store(settings.load(), wait=False, check=None, create=False):  # as --status opens it
     print("held", flush=True)
-    time.sleep(6)
+    sys.stdin.readline()  # held until the test says
 """
+
+
+def _has_open(pid: int, path) -> bool:
+    """Whether process pid has path open (it is trying for the lock on it)."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except (FileNotFoundError, ProcessLookupError):  # it ended, or a descriptor closed while listed
+        return False
 
 
 def test_a_worker_waits_for_a_status_look_instead_of_exiting_8(project, api, clean):
     """--status (or a query) holds the embedded store for a moment: a cron run starting then must not be lost."""
     fill(project)
     reader = subprocess.Popen([sys.executable, "-c", READER, str(ROOT)], env=project.env, stdout=subprocess.PIPE,
-                              text=True)
+                              stdin=subprocess.PIPE, text=True)
     assert reader.stdout.readline().strip() == "held"
-    r = project.run("process_queue_worker.py", MAX_ITERATIONS="0", **SLOW)
+    worker = start_worker(project)
+    # the worker has met the held store (it has its lock file open, waiting), and the look is still going on
+    wait_for(lambda: _has_open(worker.pid, project.chroma / ".ingestion.lock") or worker.poll() is not None, 120,
+             "the worker to try for the store")
+    assert reader.poll() is None and worker.poll() is None, worker.communicate()
+    reader.stdin.write("done\n")
+    reader.stdin.close()
     assert reader.wait(timeout=30) == 0
-    assert r.returncode == 0, r.stderr
+    out, err = worker.communicate(timeout=300)
+    assert worker.returncode == 0, err
     finish_and_compare(project, clean, api)

@@ -94,6 +94,7 @@ def test_optimize_removes_duplicates_flags_chunks_and_is_idempotent(project, api
     first = project.run("optimize_chromadb.py")
     assert first.returncode == 0, first.stderr
     chunks = project.chunks()
+    assert len(chunks) == 2  # the copy's chunk removed; a.txt's and b.txt's kept
     texts = [" ".join(d.lower().split()) for d, _ in chunks.values()]
     assert len(texts) == len(set(texts))
     assert all(m["rag_strict"] is True and m["source_only"] is True for _, m in chunks.values())
@@ -203,12 +204,17 @@ def test_monitoring_one_liner_reads_the_queue(project):
 
 
 def test_key_never_stored(project):
-    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    a = project.add("a.txt", SAMPLE_TRANSCRIPT)
     project.ingest_all()
-    for f in project.checkpoints.rglob("*"):
-        if f.is_file():
-            assert API_KEY not in f.read_text(errors="replace")
-    for doc, meta in project.chunks().values():
+    assert project.queue["completed"] == [str(a)]  # (nothing ingested: nothing that could hold the key)
+    written = [f for folder in (project.checkpoints, project.chroma) for f in folder.rglob("*") if f.is_file()]
+    names = {f.name for f in written}
+    assert {"file_queue.json", "checkpoint.json", "chroma.sqlite3"} <= names, names
+    for f in written:
+        assert API_KEY.encode() not in f.read_bytes(), f
+    chunks = project.chunks()
+    assert {m["source"] for _, m in chunks.values()} == {str(a)}
+    for doc, meta in chunks.values():
         assert API_KEY not in doc + json.dumps(meta)
 
 
@@ -264,6 +270,7 @@ def test_stored_vectors_are_the_apis_own_numbers(project, api):
     assert len(got["ids"]) >= 2
     asked = openai.OpenAI(api_key=API_KEY, base_url=api.base_url).embeddings.create(
         model="text-embedding-3-small", input=got["documents"], encoding_format="float")
+    assert len(asked.data) == len(got["embeddings"]) == len(got["ids"])  # (zip stops at the shorter)
     for stored, item in zip(got["embeddings"], asked.data):
         assert np.array_equal(np.asarray(stored), np.asarray(item.embedding, dtype=np.float32))
 

@@ -7,39 +7,40 @@ Order of work, so that nothing is lost and nothing is paid twice:
    a text already embedded for another source reuses that vector (one lookup a group);
 3. only the rest is sent to the API, EMBED_BATCH_SIZE chunks a request,
    EMBED_CONCURRENCY requests in flight;
-4. vectors are written as they arrive, coalesced into one write per round of requests
-   (EMBED_BATCH_SIZE x EMBED_CONCURRENCY vectors, at most WRITE_VECTORS) or FLUSH_SECONDS
-   of work, and always before the next group is embedded: a crash loses at most one
-   round of paid requests, as without coalescing;
-5. on any error, vectors already paid for are still written before it is raised; when the
-   store cannot take them (its worker killed, its server gone), they are kept on disk
+4. requests are taken as they are answered, not in the order they were sent, and each
+   one's vectors are handed to the store at once, by the thread that got the answer: to
+   the worker (store_link: it owns them from then on and writes them with others, even if
+   this process is killed next) or, in a process that opened the store itself, written
+   there and then (_Direct). A kill costs only the requests in flight (EMBED_CONCURRENCY
+   requests of at most EMBED_BATCH_SIZE chunks);
+5. on any error, the requests already sent are waited for and handed over too; vectors
+   the store may not have (its worker killed, a write that failed) are kept on disk
    (unwritten.py) and written when the next run starts;
-6. only when the whole file is stored are its chunks that are no longer part of it
-   deleted (never delete first), and the file recorded as done in the store.
+6. only when the whole file is stored (`sync`) are its chunks that are no longer part of
+   it deleted (never delete first), and the file recorded as done in the store.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ingestion import cutting, schema, textfile, unwritten
-from ingestion.errors import Interrupted, OutOfMemory
+from ingestion.errors import Interrupted, OutOfMemory, StoreError
 from ingestion.hashing import chunk_id, sha256_text
 from ingestion.procinfo import rss_mb
 from ingestion.settings import Config
 from ingestion.store import Store
+from ingestion.store_link import StoreLink
 
 log = logging.getLogger("ingestion")
 
 MAX_REQUEST_TOKENS = 250_000  # the API allows 300,000 per request; keep a margin
 GROUP_CHUNKS = 256            # chunks planned together (one content lookup)
-WRITE_VECTORS = 256           # vectors per store write at most ...
-FLUSH_SECONDS = 1.0           # ... or this much work, whichever comes first
 
 
 @dataclass
@@ -94,26 +95,53 @@ def _requests(records: list[_Record], size: int) -> Iterator[list[_Record]]:
         yield batch
 
 
-class _Writer:
-    """Vectors waiting to be written: flushed at `size` vectors or FLUSH_SECONDS."""
+class _Direct:
+    """The store of a process that opened it itself (ingest_one_file.py; a platform without a fork
+    server), with StoreLink's `put`: each request's vectors are written as soon as it is answered, by
+    the thread that got the answer, so a kill costs only the requests in flight here too. Those
+    answered while a write runs go together in the next (group commit within the process)."""
 
-    def __init__(self, store: Store, size: int):
+    def __init__(self, store: Store):
         self.store = store
-        self.size = min(size, WRITE_VECTORS)
-        self.waiting: list[_Record] = []
-        self.since = time.monotonic()
+        self.waiting: list[tuple] = []   # puts not yet written (under lock)
+        self.failed: list[tuple] = []    # puts whose write failed (under lock)
+        self.lock = threading.Lock()
+        self.writing = threading.Lock()  # one write at a time
 
-    def add(self, records: list[_Record]) -> None:
-        self.waiting.extend(records)
-        if len(self.waiting) >= self.size or time.monotonic() - self.since >= FLUSH_SECONDS:
-            self.flush()
+    def put(self, ids, embeddings, documents, metadatas) -> None:
+        """Write these records, with any others waiting (when this returns they are written, or failed)."""
+        with self.lock:
+            self.waiting.append((ids, embeddings, documents, metadatas))
+        with self.writing:
+            with self.lock:
+                batch, self.waiting = self.waiting, []
+            if not batch:
+                return  # written by the thread that held the store before
+            try:
+                self.store.add(*(sum((list(b[k]) for b in batch), []) for k in range(4)))
+            except BaseException:
+                with self.lock:
+                    self.failed.extend(batch)
+                raise
 
-    def flush(self) -> None:
-        if self.waiting:
-            w = self.waiting
-            self.store.add([r.id for r in w], [r.vector for r in w], [r.text for r in w], [r.meta for r in w])
-            self.waiting = []
-        self.since = time.monotonic()
+    def sync(self) -> None:
+        """Everything put is written (a write that failed is raised by its own put: here, once more)."""
+        with self.lock:
+            if self.failed:
+                raise StoreError("the store did not take every vector of this file")
+
+    check = sync  # (StoreLink's check: has a write failed?)
+
+    def unwritten(self) -> list[tuple]:
+        """The puts whose write failed, as (ids, embeddings, documents, metadatas)."""
+        with self.lock:
+            kept, self.failed = self.failed, []
+        return kept
+
+
+def _put(hand, records: list[_Record]) -> None:
+    hand.put([r.id for r in records], [r.vector for r in records], [r.text for r in records],
+             [r.meta for r in records])
 
 
 def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[list[float]]],
@@ -122,25 +150,26 @@ def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[lis
            after_batch: Callable[[Result], None] = lambda r: None) -> Result:
     """Store every chunk of path under source; returns what it did.
 
+    store: the worker's (a StoreLink) or one this process opened.
     part: "" for a whole file; a split part's label otherwise (then stale chunks are
     not removed here: that waits until every part is stored).
     """
     result = Result()
+    hand = store if isinstance(store, StoreLink) else _Direct(store)
     stored = store.metadata_of_source(source)
-    writer = _Writer(store, cfg.embed_batch_size * cfg.embed_concurrency)
     now = int(time.time())
     cuts = cutting.file_chunks(cfg, path, info, result.cleanup)
     with ThreadPoolExecutor(max_workers=cfg.embed_concurrency) as pool:
         try:
             for group in _groups(cuts, GROUP_CHUNKS):
                 todo = _plan(store, stored, group, source, file_sha256, part, info.encoding, now, result)
-                _embed_group(pool, embed, todo, writer, result, cfg, should_stop, after_batch)
-                writer.flush()
+                _embed_group(pool, embed, todo, hand, result, cfg, should_stop, after_batch)
+            hand.sync()  # every vector of the file is in the store (or a write's failure is raised)
         except MemoryError:
-            _keep_paid(cfg, writer)
+            _keep_paid(cfg, hand)
             raise OutOfMemory("MemoryError while ingesting") from None
         except BaseException:
-            _keep_paid(cfg, writer)
+            _keep_paid(cfg, hand)
             raise
     if not part:
         result.removed = store.remove_stale(source, result.ids, stored)
@@ -148,22 +177,20 @@ def ingest(cfg: Config, store: Store, embed: Callable[[list[str], int], list[lis
     return result
 
 
-def _keep_paid(cfg: Config, writer: _Writer) -> None:
-    """An error: still write the vectors already paid for, or keep them on disk when the store cannot
-    take them (the error itself is raised by the caller)."""
-    writer.waiting = w = [r for r in writer.waiting if r.vector is not None]
-    try:
-        writer.flush()
+def _keep_paid(cfg: Config, hand) -> None:
+    """An error: vectors paid for that the store may not have (its worker gone, a write failed) are kept
+    on disk (the error itself is raised by the caller)."""
+    kept = hand.unwritten()
+    if not kept:
         return
-    except Exception:
-        pass
+    ids, vectors, documents, metadatas = (sum((list(k[f]) for k in kept), []) for f in range(4))
     try:
-        path = unwritten.save(cfg, [r.id for r in w], [r.vector for r in w], [r.text for r in w], [r.meta for r in w])
+        path = unwritten.save(cfg, ids, vectors, documents, metadatas)
         log.warning("the store did not take %d paid vectors: kept in %s, written when the next run starts",
-                    len(w), path)
+                    len(ids), path)
     except Exception as e:
         log.error("the store did not take %d paid vectors and they could not be kept (%s): they will be "
-                  "embedded again", len(w), e)
+                  "embedded again", len(ids), e)
 
 
 def _plan(store: Store, stored: dict[str, dict], group: list[cutting.Cut], source: str, file_sha256: str,
@@ -202,31 +229,37 @@ def _plan(store: Store, stored: dict[str, dict], group: list[cutting.Cut], sourc
 class _Request:
     """One embeddings request of a group: its own texts, and texts another file's request is embedding."""
     mine: list[_Record]
-    future: Future | None
+    future: Future | None   # its vectors, handed to the store by the pool's thread (_answered)
     borrowed: list[tuple[_Record, Future, int]]
     tokens: int
-    taken: bool = False
 
-    def take(self, result: Result, borrowed: bool = True) -> list[_Record]:
-        """Its vectors into its records (waiting for them); returns the records now complete."""
-        if self.future is not None and not self.taken:
-            for r, vector in zip(self.mine, self.future.result()):
-                r.vector = vector
+    def futures(self) -> list[Future]:
+        return ([self.future] if self.future is not None else []) + [f for _, f, _ in self.borrowed]
+
+    def answered(self) -> bool:
+        return all(f.done() for f in self.futures())
+
+    def take(self, result: Result) -> list[_Record]:
+        """Count it (its error, if it failed, is raised); returns its borrowed records, with their vectors."""
+        if self.future is not None:
+            self.future.result()
             result.embedded_tokens += self.tokens
             result.requests += 1
-        self.taken = True
-        if not borrowed:
-            return list(self.mine)
         for r, other, k in self.borrowed:
             r.vector = other.result()[k]
-        return self.mine + [r for r, _, _ in self.borrowed]
-
-    def paid(self) -> bool:
-        f = self.future
-        return f is not None and f.done() and not f.cancelled() and f.exception() is None
+        return [r for r, _, _ in self.borrowed]
 
 
-def _submit(pool, embed, missing: list[_Record], batch_size: int) -> list[_Request]:
+def _answered(embed, hand, records: list[_Record], tokens: int) -> list:
+    """One request, run by the pool: the API's vectors, handed to the store the moment they arrive."""
+    vectors = embed([r.text for r in records], tokens)
+    for r, vector in zip(records, vectors):
+        r.vector = vector
+    _put(hand, records)
+    return vectors
+
+
+def _submit(pool, embed, hand, missing: list[_Record], batch_size: int) -> list[_Request]:
     """Send the requests; a text another file of this process is embedding right now is borrowed."""
     sent = []
     with _EMBEDDING_LOCK:
@@ -239,41 +272,44 @@ def _submit(pool, embed, missing: list[_Record], batch_size: int) -> list[_Reque
                 else:
                     mine.append(r)
             tokens = sum(r.meta["token_count"] for r in mine)
-            future = pool.submit(embed, [r.text for r in mine], tokens) if mine else None
+            future = pool.submit(_answered, embed, hand, mine, tokens) if mine else None
             for k, r in enumerate(mine):
                 _EMBEDDING[r.meta["content_sha256"]] = (future, k)
             sent.append(_Request(mine, future, borrowed, tokens))
     return sent
 
 
-def _embed_group(pool, embed, todo: list[_Record], writer: _Writer, result: Result, cfg: Config,
+def _embed_group(pool, embed, todo: list[_Record], hand, result: Result, cfg: Config,
                  should_stop, after_batch) -> None:
-    """Embed what a group lacks, writing vectors as they arrive (known ones first)."""
+    """Embed what a group lacks: known vectors handed over first, then each request's as it is answered."""
     ready = [r for r in todo if r.vector is not None]
     if ready:
-        writer.add(ready)
+        _put(hand, ready)
     missing = [r for r in todo if r.vector is None]
     # spread over the requests in flight: 44 chunks, 4 at a time, go as 4 x 11 (one round), not 4 x 10 + 4
     per_request = max(1, min(cfg.embed_batch_size, -(-len(missing) // cfg.embed_concurrency)))
-    sent = _submit(pool, embed, missing, per_request)
+    sent = _submit(pool, embed, hand, missing, per_request)
     try:
-        for request in sent:
-            writer.add(request.take(result))
-            if cfg.memory_limit_mb and rss_mb() > cfg.memory_limit_mb:
-                raise OutOfMemory(f"RSS {rss_mb():.0f} MB is over MEMORY_LIMIT_MB={cfg.memory_limit_mb}")
-            if should_stop():
-                raise Interrupted("stopped by a signal")
-            after_batch(result)
+        waiting = list(sent)
+        while waiting:  # in the order they are answered: one answered early never waits behind a slow one
+            wait([f for request in waiting for f in request.futures() if not f.done()], return_when=FIRST_COMPLETED)
+            for request in [q for q in waiting if q.answered()]:
+                waiting.remove(request)
+                borrowed = request.take(result)
+                if borrowed:
+                    _put(hand, borrowed)
+                hand.check()  # a write that failed stops the file now, not after paying for the rest
+                if cfg.memory_limit_mb and rss_mb() > cfg.memory_limit_mb:
+                    raise OutOfMemory(f"RSS {rss_mb():.0f} MB is over MEMORY_LIMIT_MB={cfg.memory_limit_mb}")
+                if should_stop():
+                    raise Interrupted("stopped by a signal")
+                after_batch(result)
     except BaseException:
         for request in sent:
             if request.future is not None:
                 request.future.cancel()
-        for request in sent:  # keep whatever else was paid for, once the requests already sent are answered
-            f = request.future
-            if f is not None and not f.cancelled():
-                wait([f])  # (the pool would wait for it anyway; its vectors must not be dropped)
-            if not request.taken and request.paid():
-                writer.waiting.extend(request.take(result, borrowed=False))
+        # the requests already sent are answered, and handed over by the pool, before the error goes on
+        wait([r.future for r in sent if r.future is not None and not r.future.cancelled()])
         raise
     finally:
         with _EMBEDDING_LOCK:

@@ -53,8 +53,6 @@ from ingestion.settings import Config
 
 log = logging.getLogger("ingestion")
 INGEST_SCRIPT = Path(__file__).resolve().parent / "ingest_one_file.py"
-BYTES_PER_DIMENSION = 4.1  # measured: ~6.3 KB of RAM per 1536-dimension vector in an HNSW index
-WARN_AT = 0.75
 
 
 @dataclass
@@ -385,9 +383,12 @@ class ForkLauncher:
         self.lost: set[int] = set()  # pids of fork servers found dead
         self.lost_in_a_row = 0       # of them, lost since a child of a living one last reported a file
         self.servers_lock = threading.Lock()
-        # the server is a new interpreter that takes no sys.path from us before preloading: give it ours
+        # the server is a new interpreter that takes no sys.path from us before preloading: give it ours,
+        # and not the working directory, which `python -c` puts first (an `ingestion` folder there, another
+        # checkout's, would be what the children run)
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(PROJECT_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+        os.environ["PYTHONSAFEPATH"] = "1"
         self.ctx = multiprocessing.get_context("forkserver")
         self.ctx.set_forkserver_preload(["ingestion.preload"])
         if start:  # now, so that it imports the pipeline while this process checks the store

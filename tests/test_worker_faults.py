@@ -235,3 +235,18 @@ def test_two_deploys_during_a_slow_request_release_the_file_unsplit(project, api
     assert_all_completed(project, [path])
     assert "split_into" not in project.checkpoint["processed_files"][path]
     assert not list((project.checkpoints / "splits").rglob("*.txt"))
+
+
+def test_children_run_this_checkout_whatever_the_working_directory_holds(project, api):
+    """The fork server is a `python -c` interpreter, which puts the working directory first on sys.path:
+    a worker started from a folder holding another `ingestion` package (another checkout) must still run
+    its own code in its children."""
+    other = project.root / "ingestion"
+    other.mkdir()
+    (other / "__init__.py").write_text("")
+    marker = project.root / "imported-the-wrong-ingestion"
+    (other / "preload.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    r = project.ingest_all()
+    assert "1 completed" in r.stdout, r.stdout + r.stderr
+    assert not marker.exists(), "the fork server imported the working directory's ingestion package"

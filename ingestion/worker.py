@@ -53,6 +53,8 @@ from ingestion.settings import Config
 
 log = logging.getLogger("ingestion")
 INGEST_SCRIPT = Path(__file__).resolve().parent / "ingest_one_file.py"
+BYTES_PER_DIMENSION = 4.1  # measured: ~6.3 KB of RAM per 1536-dimension vector in an HNSW index
+WARN_AT = 0.75
 
 
 @dataclass

@@ -31,7 +31,7 @@ import time
 from typing import Callable, Iterator
 
 from ingestion import models
-from ingestion.errors import StoreBusy, StoreError, StoreMismatch
+from ingestion.errors import ConfigError, StoreBusy, StoreError, StoreMismatch
 from ingestion.hashing import source_key
 from ingestion.procinfo import pid_alive
 from ingestion.settings import Config
@@ -43,6 +43,7 @@ PAGE = 1000              # records per page when listing a collection
 MIN_FREE_BYTES = 32 * 2**20  # embedded mode: free disk space below which nothing is written
 RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between tries of a failing store call
 MADE_BY = "transcript-ingestion"
+CLAIM_TRIES = 4  # slots a claim tries (a try after the first follows leases found over: after crashes)
 OUR_ID = re.compile(r"[0-9a-f]{16}-[0-9a-f]{32}")
 
 
@@ -69,12 +70,36 @@ def _why(e: BaseException) -> str:
     return (text.splitlines()[0][:200] if text else "") or type(e).__name__
 
 
+def _import_chromadb():
+    """chromadb and its Settings. chromadb reads settings of its own from the environment (and from
+    .env in the working directory) as it is imported: an invalid one (CHROMA_SERVER_HTTP_PORT=abc)
+    is a ConfigError that names it, not a traceback."""
+    try:
+        import chromadb
+        from chromadb.config import Settings
+
+        return chromadb, Settings(anonymized_telemetry=False)
+    except ValueError as e:  # pydantic's ValidationError, raised by chromadb's Settings
+        if not callable(getattr(e, "errors", None)):
+            raise
+        bad = "; ".join(f"{'.'.join(map(str, x.get('loc', ()))).upper()}={x.get('input')!r}: {x.get('msg')}"
+                        for x in e.errors())
+        raise ConfigError(f"chromadb refused a setting of its own, read from the environment or from .env in the "
+                          f"working directory ({bad}): correct it, or unset it to use chromadb's default") from None
+
+
+def _server_settings(cfg: Config) -> str:
+    return f"CHROMA_HOST={cfg.chroma_host}, CHROMA_PORT={cfg.chroma_port}, CHROMA_SSL={str(cfg.chroma_ssl).lower()}"
+
+
+def _cloud_settings(cfg: Config) -> str:
+    return (f"CHROMA_API_KEY set, CHROMA_TENANT={cfg.chroma_tenant or '(unset)'}, "
+            f"CHROMA_DATABASE={cfg.chroma_database or '(unset)'}")
+
+
 def make_client(cfg: Config):
     """A Chroma client for the configured mode; embedded mode creates the folder."""
-    import chromadb
-    from chromadb.config import Settings
-
-    settings = Settings(anonymized_telemetry=False)
+    chromadb, settings = _import_chromadb()
     try:
         if cfg.chroma_api_key:
             return chromadb.CloudClient(tenant=cfg.chroma_tenant, database=cfg.chroma_database,
@@ -87,10 +112,13 @@ def make_client(cfg: Config):
         return chromadb.PersistentClient(path=str(cfg.chroma_path), settings=settings)
     except Exception as e:  # remote clients check the server at once
         if cfg.chroma_api_key:
-            raise StoreError(f"cannot reach Chroma Cloud: {_why(e)}") from None
+            raise StoreError(f"cannot reach Chroma Cloud ({_cloud_settings(cfg)}): {_why(e)}; check the network "
+                             "(this machine must reach Chroma Cloud over https) and that CHROMA_API_KEY, "
+                             "CHROMA_TENANT and CHROMA_DATABASE are those of your Chroma Cloud database") from None
         if cfg.chroma_host:
-            raise StoreError(f"cannot reach the Chroma server at {cfg.chroma_host}:{cfg.chroma_port}: {_why(e)}") \
-                from None
+            raise StoreError(f"cannot reach the Chroma server at {cfg.store_address} ({_server_settings(cfg)}): "
+                             f"{_why(e)}; check that a Chroma server is running at that address and that the "
+                             "network lets this machine reach it (CHROMA_SSL: https or not)") from None
         raise StoreError(f"cannot open the embedded store at CHROMA_PATH={cfg.chroma_path}: {_why(e)}") from None
 
 
@@ -296,8 +324,11 @@ class Store:
         return box["value"]
 
     def _where(self) -> str:
+        if self.cfg.chroma_api_key:
+            return f"check Chroma Cloud ({_cloud_settings(self.cfg)}) and the network"
         if self.cfg.remote_store:
-            return f"check the Chroma server ({self.cfg.store_address})"
+            return (f"check the Chroma server at {self.cfg.store_address} ({_server_settings(self.cfg)}): "
+                    "that it is running, and the network")
         return f"check CHROMA_PATH={self.cfg.chroma_path} (free disk space, permissions)"
 
     def pages(self, collection=None, include=("metadatas",), where: dict | None = None) -> Iterator[dict]:
@@ -426,43 +457,75 @@ class Store:
         return self.call(self.files.count) if self.files is not None else 0
 
     # ---- leases (shared stores only) -----------------------------------------
-    def claim(self, source: str, owner: str, seconds: float, settle: float = 0.3) -> str | None:
+    def claim(self, source: str, owner: str, seconds: float) -> str | None:
         """Take source for owner in the shared store; returns the other owner when it is taken.
 
-        Workers on different machines share only the store. Chroma has no
-        compare-and-set, so: read; if free (or expired, or ours) write our lease;
-        wait a moment; read again. Of two workers writing at once, the later
-        write wins and both read it back, so only one goes on.
+        Workers on different machines share only the store, and Chroma has no compare-and-set.
+        What it has: `add` never replaces a record (an id that exists is left as it is), and a
+        read sees every write the server took before it. A lease is a record of the leases
+        collection: id KEY.SLOT (the source's key, a slot 0, 1, ...), metadata source, owner,
+        until (when it ends unless renewed) and slot. A claim, with no waiting:
+        1. adds its lease at a slot (slot 0 first);
+        2. reads every lease of the source;
+        3. holds the file when the lease at its slot is its own and every other lease is over
+           (ended, or of a process gone from this machine). Otherwise: another's lease that is
+           not over wins; the claim takes its own lease back, if it added one, and returns that
+           owner. When every lease found is over, it tries again at the slot after the last one
+           (the lease over stays where it is: a lease is removed only by its owner, `unclaim`).
+        Two round trips where the file is free (the settle of 0.3 s an earlier version waited,
+        under the worker's store lock, cost every file ~0.3 s in server mode).
+
+        Why two workers never hold a file at once: say A and B both hold it, and the server took
+        A's add first. B read after its own add, so after A's, and found A's lease, which stays
+        until A lets go of the file: B holds it only if A's lease was over, that is when A no
+        longer held it (its lease ended without a renewal, or its process was gone). Both adds
+        meeting at one slot (the usual race: both found the file free) leave one lease: both read
+        its owner, and the other backs off at once.
         """
         if self.leases is None:
             return None
-        key = [source_key(source)]
-        for _ in range(2):
-            found = self.call(self.leases.get, ids=key, include=["metadatas"])
-            if found["ids"]:
-                m = found["metadatas"][0]
-                if m.get("owner") != owner and m.get("until", 0) > time.time() and _owner_alive(m.get("owner", "")):
-                    return m.get("owner")
-                if m.get("owner") == owner:
-                    break
-            self._write_lease(source, owner, seconds)
-            time.sleep(settle)
-        return None
+        slot = 0
+        for _ in range(CLAIM_TRIES):
+            mine = f"{source_key(source)}.{slot}"
+            self.call(self.leases.add, ids=[mine], embeddings=[[1.0, 0.0]], documents=[source],
+                      metadatas=[{"source": source, "owner": owner, "until": time.time() + seconds, "slot": slot}])
+            found = self.call(self.leases.get, where={"source": source}, include=["metadatas"])
+            leases = dict(zip(found["ids"], found["metadatas"]))
+            others = [m.get("owner") or "another worker" for m in leases.values()
+                      if m.get("owner") != owner and not _over(m)]
+            if (leases.get(mine) or {}).get("owner") == owner:
+                if not others:
+                    return None
+                self.call(self.leases.delete, ids=[mine])  # another holds it: ours would only stand in its way
+                return others[0]
+            if others:
+                return others[0]
+            if leases:  # every lease is over: the next slot (none: the one at ours was let go meanwhile)
+                slot = 1 + max(int(m.get("slot", -1)) for m in leases.values())
+        return "another worker"  # (claims kept meeting at each slot: left for later)
 
     def renew(self, source: str, owner: str, seconds: float) -> None:
-        if self.leases is not None:
-            self._write_lease(source, owner, seconds)
-
-    def unclaim(self, source: str, owner: str) -> None:
+        """Push the end of owner's lease on source further (never makes a lease: only claim does)."""
         if self.leases is None:
             return
-        found = self.call(self.leases.get, ids=[source_key(source)], include=["metadatas"])
-        if found["ids"] and found["metadatas"][0].get("owner") == owner:
-            self.call(self.leases.delete, ids=[source_key(source)])
+        found = self.call(self.leases.get, where=_lease_of(source, owner), include=[])
+        if found["ids"]:
+            self.call(self.leases.update, ids=found["ids"],
+                      metadatas=[{"until": time.time() + seconds}] * len(found["ids"]))
 
-    def _write_lease(self, source: str, owner: str, seconds: float) -> None:
-        self.call(self.leases.upsert, ids=[source_key(source)], embeddings=[[1.0, 0.0]], documents=[source],
-                  metadatas=[{"source": source, "owner": owner, "until": time.time() + seconds}])
+    def unclaim(self, source: str, owner: str) -> None:
+        """Let go of source: owner's leases on it are removed (one round trip)."""
+        if self.leases is not None:
+            self.call(self.leases.delete, where=_lease_of(source, owner))
+
+
+def _lease_of(source: str, owner: str) -> dict:
+    return {"$and": [{"source": source}, {"owner": owner}]}
+
+
+def _over(lease: dict) -> bool:
+    """A lease that holds nothing any more: its end passed, or its process is gone from this machine."""
+    return lease.get("until", 0) <= time.time() or not _owner_alive(lease.get("owner", ""))
 
 
 def _owner_alive(owner: str) -> bool:

@@ -5,7 +5,7 @@ import sys
 
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, not ingestion/
 
-from ingestion import cli, file_queue, models, progress, scan, settings, status  # noqa: E402
+from ingestion import capacity, cli, file_queue, models, progress, scan, settings, state, status  # noqa: E402
 from ingestion.job import check_ready  # noqa: E402
 
 
@@ -17,8 +17,9 @@ def main() -> int:
     p.add_argument("--retry-failed", action="store_true", help="move failed files back to pending")
     p.add_argument("--show-skipped", action="store_true", help="list skipped and vanished files")
     p.add_argument("--dry-run", action="store_true",
-                   help="change nothing, call no API: count the tokens the pending files would send, and their "
-                        "cost; with --prune: list what would be removed")
+                   help="change nothing, call no API: count the tokens the pending files would send, their "
+                        "cost, and the capacity plan (the store after the queue: vectors, memory, disk, against "
+                        "this machine's); with --prune: list what would be removed")
     p.add_argument("--prune", action="store_true",
                    help="remove the chunks, done-records and queue entries of transcripts deleted from the folder")
     p.add_argument("--force", action="store_true",
@@ -56,6 +57,10 @@ def main() -> int:
             print(f"text cleanup saved {saved:,} tokens (page furniture and word indexes; TEXT_CLEANUP=off keeps them)")
         for path, why in unreadable:
             print(f"would fail {path!r}: {why}")
+        _, c = state.read(cfg)
+        plan = capacity.plan(cfg, q, c, capacity.stored_vectors(cfg, c), counted_chunks=chunks)
+        for line in plan.lines() if plan is not None else []:
+            print(line)
     return 0
 
 

@@ -84,6 +84,8 @@ SETTINGS = [
     Setting("GRACE_SECONDS", "90", "after SIGTERM, seconds the worker gives its subprocess to release the file "
             "before killing it (keep it under the platform's shutdown delay)", "w"),
     Setting("MEMORY_LIMIT_MB", None, "when set, an ingesting process above this RSS counts as out of memory", "iw"),
+    Setting("CAPACITY_CHECK", "refuse", "refuse: an embedded run whose projected store does not fit this machine's "
+            "memory or disk is refused before anything is claimed (exit 2); warn: say so and go on", "w"),
     Setting("SPLIT_PARTS", "4", "parts a file is split into after running out of memory", "iwa"),
     Setting("SPLIT_MIN_BYTES", "65536", "a part this small that still runs out of memory is failed", "iw"),
     Setting("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR", "giwaoq"),

@@ -53,8 +53,6 @@ from ingestion.settings import Config
 
 log = logging.getLogger("ingestion")
 INGEST_SCRIPT = Path(__file__).resolve().parent / "ingest_one_file.py"
-BYTES_PER_DIMENSION = 4.1  # measured: ~6.3 KB of RAM per 1536-dimension vector in an HNSW index
-WARN_AT = 0.75
 
 
 @dataclass
@@ -69,36 +67,51 @@ class Tally:
 
 def capacity_warning(cfg: Config, vectors: int) -> str | None:
     """In embedded mode the process that opens the store (the worker) loads its whole index: warn near the limit."""
-    from ingestion import models
+    from ingestion import capacity, models
 
-    budget = procinfo.memory_budget_bytes()
+    budget, _ = capacity.budget()
     dims = models.dimensions(cfg.embedding_model, cfg.embedding_dimensions)
     if cfg.remote_store or not budget or not dims:
         return None
-    need = vectors * dims * BYTES_PER_DIMENSION
-    if need < WARN_AT * budget:
+    children = cfg.file_concurrency if cfg.files_per_child == 1 else 1
+    need = capacity.run_bytes(vectors, dims, children)
+    if need < capacity.WARN_AT * budget:
         return None
-    fits = int(budget * 0.9 / (dims * BYTES_PER_DIMENSION))
-    return (f"the embedded store holds about {vectors:,} vectors of {dims} dimensions (~{need / 2**30:.1f} GB of index "
-            f"loaded by the worker); this machine has {budget / 2**30:.1f} GB, room for about "
+    fits = capacity.most_vectors(budget, dims, children)
+    return (f"the embedded store holds about {vectors:,} vectors of {dims} dimensions (~{need / 2**30:.1f} GB for the "
+            f"worker holding its index, and its children); this machine has {budget / 2**30:.1f} GB, room for about "
             f"{fits:,}. Use a Chroma server (CHROMA_HOST), fewer EMBEDDING_DIMENSIONS, or more memory")
 
 
 def prepare(cfg: Config) -> int:
-    """Queue for this collection; stale leases back to pending; finished split files completed.
+    """Queue for this collection; stale leases back to pending; the capacity plan (an embedded store that
+    would outgrow this machine is refused before anything is claimed); finished split files completed.
     Returns the number of pending files."""
+    from ingestion import capacity
+    from ingestion.errors import ConfigError
+
+    refuse = capacity.refuses()  # (CAPACITY_CHECK checked before anything is changed)
     scan.ensure_queue(cfg)
     with state.transaction(cfg) as (q, c):
         file_queue.normalise(q, cfg.allowed_roots)
         stale = file_queue.release_stale(q, cfg.lease_seconds)
         ready = file_queue.split_waiting(q)
         vectors = sum(d.get("chunks") or 0 for d in checkpoint.done_files(c).values())
-        pending = file_queue.counts(q)["pending"]
-    warning = capacity_warning(cfg, vectors)
-    if warning:
-        log.warning("%s", warning)
+        counts = file_queue.counts(q)
+        pending = counts["pending"]
     for path in stale:
         log.warning("returned %s to pending: its process is gone or its lease expired", path)
+    plan = None
+    if not cfg.remote_store and (pending or counts["processing"]):
+        plan = capacity.plan(cfg, q, c, capacity.stored_vectors(cfg, c))
+    if plan is not None and not (plan.fits_memory() and plan.fits_disk()):
+        if refuse:
+            raise ConfigError(plan.refusal())
+        log.warning("%s (CAPACITY_CHECK=warn: going on)", plan.refusal())
+    else:
+        warning = plan.warning() if plan is not None else capacity_warning(cfg, vectors)
+        if warning:
+            log.warning("%s", warning)
     if ready or unwritten.waiting(cfg):
         from ingestion.store import Store
 

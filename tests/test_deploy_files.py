@@ -964,12 +964,15 @@ SEED_TRANSCRIPTS = 10_000
 SIZING_HEADER = "| Transcripts | Vectors"
 
 
-INDEX_BYTES_PER_VECTOR_1536 = 6_300  # the HNSW index's RAM a 1536-dimension vector (measured)
-
-
 def bytes_per_vector(dims: int) -> float:
-    """The index's RAM a vector: the measured figure, in proportion to the dimensions."""
-    return INDEX_BYTES_PER_VECTOR_1536 * dims / 1536
+    """The index's RAM a vector: the capacity plan's measured figures (4 bytes a dimension and the graph's
+    share, which does not shrink with the dimensions), the one place they are kept."""
+    from ingestion import capacity
+
+    return capacity.index_bytes(1, dims)
+
+
+INDEX_BYTES_PER_VECTOR_1536 = bytes_per_vector(1536)
 
 
 def plan_for(need_gb: float) -> str:

@@ -156,7 +156,7 @@ class Store:
             self.chunks = existing if existing is not None else self.call(
                 self.client.get_or_create_collection, cfg.chroma_collection,
                 metadata={"hnsw:space": "cosine"}, embedding_function=None)
-            self.stamped = (self.chunks.metadata or {}).get("made_by") == MADE_BY
+            self.stamped = (self.chunks.metadata or {}).get("made_by") == MADE_BY and bool(self.call(self.chunks.count))
             self.files = self._side(cfg.chroma_collection + "_files")
             self.leases = self._side(cfg.chroma_collection + "_leases") if cfg.remote_store else None
         except BaseException:
@@ -233,6 +233,12 @@ class Store:
                 "or point CHROMA_PATH/CHROMA_HOST at the store it belongs to")
         if record.get("made_by") != MADE_BY and mode == "read":
             return  # a query may read any collection (its distances are named for its real space)
+        if record.get("made_by") == MADE_BY and not count:
+            return  # empty: nothing to spoil; the first write records this run's settings (stamp)
+        if record.get("made_by") != MADE_BY and count and ours_ids and space == "cosine" and not \
+                record.get("embedding_model") and dims == (want["embedding_dimensions"] or dims):
+            return  # ours, its first vectors written without the record (a kill in between, before it came
+            # first): the next write records it
         if record.get("made_by") != MADE_BY:
             older_ours = record.get("embedding_model") and ours_ids and space == "cosine"
             foreign = space != "cosine" or (count and not older_ours) or \
@@ -282,7 +288,8 @@ class Store:
         """fn(*args, **kwargs), retried with backoff; a lasting failure is a StoreError.
 
         A call that does not answer within CHROMA_TIMEOUT seconds (Chroma can hang on a
-        full disk) makes the store unusable for this process: later calls fail at once.
+        full disk), or keeps failing through its retries (a server gone), makes the store
+        unusable for this process: later calls fail at once.
         retry_on: exceptions that are an answer, not a failure (raised at once)."""
         from chromadb.errors import InvalidArgumentError
 
@@ -296,9 +303,10 @@ class Store:
             except InvalidArgumentError as e:  # refused for good (a vector of another size, say)
                 raise StoreError(f"the store refused the write: {_why(e)}") from None
             except Exception as e:
-                if pause is None:
-                    raise StoreError(f"the store kept failing ({_why(e)}) after {len(RETRIES)} retries: "
-                                     f"{self._where()}") from None
+                if pause is None:  # a run stops on it: later calls (a release, paid vectors kept) fail at
+                    # once rather than spend their own retries on a store that is gone
+                    self.broken = f"the store kept failing ({_why(e)}) after {len(RETRIES)} retries: {self._where()}"
+                    raise StoreError(self.broken) from None
                 log.warning("store call failed (%s); retrying in %.1fs", _why(e), pause)
                 time.sleep(pause)
 
@@ -344,7 +352,7 @@ class Store:
 
     # ---- the collection's record ---------------------------------------------------------
     def stamp(self, dimensions: int) -> None:
-        """Record how the collection was made: called after its first successful write."""
+        """Record how the collection was made: called before its first write."""
         if not self.stamped:
             self.call(self.chunks.modify, metadata={**wanted_record(self.cfg), "embedding_dimensions": dimensions})
             self.stamped = True
@@ -367,8 +375,17 @@ class Store:
         """content_sha256 -> a stored embedding of the same text (from any source)."""
         if not content_hashes:
             return {}
-        found = self.call(self.chunks.get, where={"content_sha256": {"$in": sorted(set(content_hashes))}},
-                          include=["metadatas", "embeddings"])
+        # ids first, then one embedding a text: a text stored for thousands of sources (a boilerplate
+        # paragraph, before optimize_chromadb.py dedupes) would otherwise bring back thousands of vectors
+        # (an id ends with its text's hash: hashing.chunk_id)
+        ids = self.call(self.chunks.get, where={"content_sha256": {"$in": sorted(set(content_hashes))}},
+                        include=[])["ids"]
+        one: dict[str, str] = {}
+        for i in ids:
+            one.setdefault(i.rsplit("-", 1)[-1] if OUR_ID.fullmatch(i) else i, i)
+        if not one:
+            return {}
+        found = self.call(self.chunks.get, ids=sorted(one.values()), include=["metadatas", "embeddings"])
         return {m["content_sha256"]: e for m, e in zip(found["metadatas"], found["embeddings"])}  # float32 arrays
 
     def room(self, nbytes: int = 0) -> None:
@@ -388,12 +405,12 @@ class Store:
     def add(self, ids, embeddings, documents, metadatas) -> None:
         if ids:
             self.room(len(ids) * (len(embeddings[0]) * 8 + 4096))
+            self.stamp(len(embeddings[0]))  # before the first vectors: a kill between the two must not leave
+            # vectors without the record (the collection would be refused as made elsewhere ever after)
         for i in range(0, len(ids), self.max_batch):
             s = slice(i, i + self.max_batch)
             self.call(self.chunks.upsert, ids=ids[s], embeddings=embeddings[s], documents=documents[s],
                       metadatas=metadatas[s])
-        if ids:
-            self.stamp(len(embeddings[0]))
 
     def update_metadata(self, ids: list[str], metadatas: list[dict]) -> None:
         for i in range(0, len(ids), self.max_batch):

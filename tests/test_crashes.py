@@ -173,10 +173,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="ingestion/store.py Store.add writes a new collection's first vectors before "
-                   "its record (stamp): a worker killed between the two leaves a collection every later run refuses "
-                   "as made elsewhere (exit 2). Fix: stamp before the first upsert")
 def test_a_kill_between_the_first_write_and_the_collections_record_leaves_a_usable_store(project, api, clean):
+    """The record comes before a new collection's first vectors (Store.add): a worker killed at that moment
+    leaves an empty collection with the right record, which the next run uses."""
     fill(project)
     worker = subprocess.Popen([sys.executable, "-c", DIES_AT_THE_COLLECTIONS_RECORD, str(ROOT)],
                               env={**project.env, "MAX_ITERATIONS": "0", **SLOW}, cwd=project.root,
@@ -185,6 +184,30 @@ def test_a_kill_between_the_first_write_and_the_collections_record_leaves_a_usab
     assert worker.returncode == -signal.SIGKILL, err[-2000:]
     wait_for_orphans(project)
     finish_and_compare(project, clean, api)
+
+
+def test_a_store_whose_first_vectors_came_without_their_record_is_taken_back(project, api):
+    """Before the record came first, a kill between a new collection's first vectors and its record left
+    vectors with no record: ours by their ids, space and size. Such a store is used (and recorded), not
+    refused as made elsewhere."""
+    import chromadb
+    from chromadb.api.client import SharedSystemClient
+
+    project.add("a.txt", SAMPLE_TRANSCRIPT)
+    project.ingest_all(CHROMA_COLLECTION="whole")
+    SharedSystemClient.clear_system_cache()
+    client = chromadb.PersistentClient(path=str(project.chroma))
+    got = client.get_collection("whole", embedding_function=None).get(include=["embeddings", "documents", "metadatas"])
+    broken = client.create_collection("broken", metadata={"hnsw:space": "cosine"}, embedding_function=None)
+    broken.add(ids=got["ids"], embeddings=got["embeddings"], documents=got["documents"], metadatas=got["metadatas"])
+    del client, broken
+    SharedSystemClient.clear_system_cache()
+    project.add("b.txt", SAMPLE_TRANSCRIPT.replace("harbour", "airport"))
+    r = project.ingest_all(CHROMA_COLLECTION="broken")  # (its queue is rebuilt for this collection: a.txt is found stored)
+    assert "2 completed" in r.stdout and "0 embedded (0 requests, 1 reused" in r.stderr, r.stdout + r.stderr
+    assert project.chunks("broken")  # and recorded: a later run checks its settings as any other's
+    bad = project.run("process_queue_worker.py", CHROMA_COLLECTION="broken", CHUNK_MAX_TOKENS="200")
+    assert bad.returncode == 2 and "CHUNK_MAX_TOKENS" in bad.stderr, bad.stderr
 
 
 def test_answers_that_reach_children_after_the_worker_is_killed_are_not_paid_again(project, api, clean):

@@ -404,3 +404,31 @@ print(sorted(set(sys.modules) - before))
 """
     out = _after_preload(code)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_text_stored_for_many_sources_is_looked_up_as_one_vector(tmp_path, monkeypatch):
+    """A paragraph every transcript carries (a court's boilerplate) is stored once a source until
+    optimize_chromadb.py dedupes it: the lookup that reuses its vector brings back one, not one a source
+    (300 of 1536 dimensions: ~2 MB a lookup, ~60 MB at 10,000 sources, on every file)."""
+    from ingestion.hashing import chunk_id, sha256_text
+    from ingestion.store import Store
+
+    monkeypatch.setenv("CHROMA_PATH", str(tmp_path / "db"))
+    monkeypatch.setenv("CHECKPOINT_DIR", str(tmp_path / "ck"))
+    h = sha256_text("This transcript is a public record of the Supreme Court.")
+    sources = [f"/t/{i}.txt" for i in range(300)]
+    with Store(settings.load()) as store:
+        store.add([chunk_id(s, h) for s in sources], [[1.0] + [0.0] * 1535] * 300, ["boilerplate"] * 300,
+                  [{"source": s, "content_sha256": h} for s in sources])
+        fetched, call = [], store.call
+
+        def counting(fn, *args, **kwargs):  # (what each Chroma call brings back, counted in vectors)
+            out = call(fn, *args, **kwargs)
+            if isinstance(out, dict) and out.get("embeddings") is not None:
+                fetched.append(len(out["embeddings"]))
+            return out
+
+        store.call = counting
+        found = store.embeddings_by_content([h, sha256_text("never stored")])
+    assert list(found) == [h] and len(found[h]) == 1536
+    assert sum(fetched) == 1, fetched

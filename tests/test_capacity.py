@@ -3,6 +3,7 @@ embedded run that would outgrow the machine refused before anything is claimed o
 real cgroup memory limit (skipped where no memory group can be made: not root, no memory controller)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -107,7 +108,7 @@ def test_procinfo_on_this_machine():
                      if line.startswith("MemTotal:"))
     budget, kills = _probe()
     assert 0 < budget <= mem_total
-    with memory_group(f"test-capacity-probe-{id(mem_total)}", 256 * MB) as group:
+    with memory_group(f"test-capacity-probe-{os.getpid()}", 256 * MB) as group:
         if group is None:
             pytest.skip("no cgroup memory group can be made here (root and a memory controller needed)")
         budget, kills = _probe(group)  # a process in a nested group gets that group's limit
@@ -135,7 +136,7 @@ def test_dry_run_projects_the_store_at_the_end_of_the_queue(project):
 
 @pytest.fixture
 def group_250():
-    with memory_group(f"test-capacity-{id(object())}", 250 * MB) as group:
+    with memory_group(f"test-capacity-{os.getpid()}-{id(object())}", 250 * MB) as group:
         if group is None:
             pytest.skip("no cgroup memory group can be made here (root and a memory controller needed)")
         yield group
@@ -166,7 +167,7 @@ def test_a_queue_past_the_memory_is_refused_before_anything_is_claimed_or_paid(p
 def test_capacity_check_warn_lets_a_person_who_knows_better_go_on(project):
     project.add_real()
     # the plan wants ~251 MB for these 2 files, 90% of 275 MB is 247: refused; the run itself peaks near 230 MB
-    with memory_group(f"test-capacity-warn-{id(project)}", 275 * MB) as group:
+    with memory_group(f"test-capacity-warn-{os.getpid()}-{id(project)}", 275 * MB) as group:
         if group is None:
             pytest.skip("no cgroup memory group can be made here (root and a memory controller needed)")
         refused = _in(group, project, "process_queue_worker.py", MAX_ITERATIONS="0")
@@ -197,7 +198,7 @@ def test_the_largest_store_that_fits_is_ingested_without_oom_kill_and_one_past_i
     for p in REAL:
         shutil.copy(p, project.add("b/" + p.name, ""))
     assert project.run("generate_file_queue.py").returncode == 0
-    with memory_group(f"test-capacity-fit-{id(project)}", limit) as group:
+    with memory_group(f"test-capacity-fit-{os.getpid()}-{id(project)}", limit) as group:
         if group is None:
             pytest.skip("no cgroup memory group can be made here (root and a memory controller needed)")
         dry = _in(group, project, "generate_file_queue.py", "--dry-run")

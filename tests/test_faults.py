@@ -92,24 +92,6 @@ def test_api_400_fails_only_that_file_with_the_reason(project, api):
     assert project.checkpoint["failed_files"][q["failed"][0]]["reason"] == reason
 
 
-def test_rate_limit_headers_pace_requests(project, api):
-    """Under a tokens-per-window limit the client paces itself from the headers: no 429 storm,
-    throughput close to the limit. (The window is learned from the headers: no setting says it.)"""
-    transcript_files(project, files=1)  # about 60,000 tokens
-    limit = 50_000
-    api.set_faults(tpm=limit, window_s=W)
-    # 2-chunk requests (1,000 tokens) are 2% of this small limit, like 10 chunks of a real one
-    with TokenTimeline(api) as timeline:
-        r = project.ingest_all(EMBED_CONCURRENCY="4", EMBED_BATCH_SIZE="2", OPENAI_MAX_RETRIES="8")
-    assert "1 completed" in r.stdout
-    stats = api.stats()
-    assert stats["tokens"] > limit  # the limit was reached: pacing had work to do
-    assert stats["status_counts"].get("429", 0) <= 1, stats
-    elapsed = timeline.span()
-    assert stats["tokens"] / elapsed >= 0.75 * limit / W, (stats["tokens"], elapsed)
-    assert_clean_finish(project, api)
-
-
 def test_key_is_never_printed_even_when_refused(project, api):
     fill(project, 1)
     api.set_faults(auth_always_fail=True)
@@ -130,6 +112,9 @@ def test_key_is_never_printed_even_when_refused(project, api):
 # sends them all; where it does not, RATE_LIMIT_WINDOW_SECONDS says it, as a user of such
 # a server would. Every bound below is in windows, so the same code is checked as at 60 s.
 W = 12
+# Timed in windows: these run one after another on one test worker (pytest-xdist's loadgroup), never two
+# side by side, so each has the CPU a single job would.
+PACED = pytest.mark.xdist_group("paced")
 
 
 @pytest.fixture
@@ -187,6 +172,25 @@ class TokenTimeline:
         return self.first(self.samples[-1][1]) - self.first(1)
 
 
+@PACED
+def test_rate_limit_headers_pace_requests(project, api):
+    """Under a tokens-per-window limit the client paces itself from the headers: no 429 storm,
+    throughput close to the limit. (The window is learned from the headers: no setting says it.)"""
+    transcript_files(project, files=1)  # about 60,000 tokens
+    limit = 50_000
+    api.set_faults(tpm=limit, window_s=W)
+    # 2-chunk requests (1,000 tokens) are 2% of this small limit, like 10 chunks of a real one
+    with TokenTimeline(api) as timeline:
+        r = project.ingest_all(EMBED_CONCURRENCY="4", EMBED_BATCH_SIZE="2", OPENAI_MAX_RETRIES="8")
+    assert "1 completed" in r.stdout
+    stats = api.stats()
+    assert stats["tokens"] > limit  # the limit was reached: pacing had work to do
+    assert stats["status_counts"].get("429", 0) <= 1, stats
+    elapsed = timeline.span()
+    assert stats["tokens"] / elapsed >= 0.75 * limit / W, (stats["tokens"], elapsed)
+    assert_clean_finish(project, api)
+
+
 def paced_job(project, api, limit, timeline=None, **env):
     """Ingest ~60,000 tokens in 4 files (a process each) under a limit of `limit` tokens a window of W s;
     returns (server stats, seconds from the first token admitted to the last)."""
@@ -200,6 +204,7 @@ def paced_job(project, api, limit, timeline=None, **env):
     return api.stats(), timeline.span()
 
 
+@PACED
 def test_full_headers_use_the_whole_limit_without_429s(project, api):
     """All six headers, a job of ~2.5 limits: the first window is spent as fast as the pipeline
     goes (the server says it is free), then each window's worth as the server's log lets it
@@ -216,6 +221,7 @@ def test_full_headers_use_the_whole_limit_without_429s(project, api):
     assert done < 2 * W + first_window + W / 3, (done, first_window, stats)
 
 
+@PACED
 @pytest.mark.parametrize("which", ["limit-tokens", "remaining"])
 def test_partial_headers_still_pace(project, api, rate_limit_headers, which):
     """Only x-ratelimit-limit-tokens, or only the remaining-* pair (Azure-style): pacing works
@@ -326,6 +332,7 @@ def test_an_attempt_waiting_for_room_only_reads_the_pacing_file(tmp_path):
     pacer.after(second, 200, {})
 
 
+@PACED
 def test_no_headers_learns_the_limit_from_429s(project, api, rate_limit_headers):
     """No rate-limit headers at all, a job of ~2.5 limits: the first window fills unknowingly
     (one 429 per request then in flight, EMBED_CONCURRENCY=4), after that the pacer knows
@@ -338,6 +345,7 @@ def test_no_headers_learns_the_limit_from_429s(project, api, rate_limit_headers)
     assert elapsed < 2 * W + 2 * W / 3, (elapsed, stats)
 
 
+@PACED
 @pytest.mark.parametrize("which", ["none", "remaining"])
 def test_files_side_by_side_without_full_headers_fail_no_file(project, api, rate_limit_headers, which):
     """The defaults (4 files side by side, one pacer state for the machine) against a server that

@@ -295,7 +295,10 @@ def test_query_says_what_is_wrong(project, api):
     assert r.returncode == 0 and "the store is empty: run the worker first" in r.stdout, r.stderr
     two_files(project)
     project.ingest_all()
-    one_line_error(project.run("query_chromadb.py", "dredging", "-k", "0"))
+    api.reset()
+    line = one_line_error(project.run("query_chromadb.py", "dredging", "-k", "0"))
+    assert "-k must be at least 1" in line, line  # said before the question is embedded or the store asked
+    assert api.stats()["requests"] == 0
     r = project.run("query_chromadb.py", "dredging", "-k", "1")
     assert r.returncode == 0 and "cosine distance" in r.stdout
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -143,3 +148,48 @@ class Project:
 @pytest.fixture
 def project(tmp_path, api) -> Project:
     return Project(tmp_path, api)
+
+
+# ---- a real `chroma run` server -------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_chroma(data: Path, port: int | None = None) -> tuple[subprocess.Popen, dict]:
+    """A real Chroma server (`chroma run`, from the chromadb package) on a free loopback port (or on port)."""
+    port = port or free_port()
+    chroma = Path(sys.executable).with_name("chroma")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(data), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("chroma run did not start")
+            time.sleep(0.2)
+    return proc, {"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(port)}
+
+
+@pytest.fixture(scope="session")
+def chroma_service(tmp_path_factory):
+    """One `chroma run` server for every test that needs only a collection of its own (tests that
+    stop or kill a server start their own)."""
+    proc, env = start_chroma(tmp_path_factory.mktemp("chroma-server"))
+    yield env
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def chroma_server(chroma_service):
+    """The shared server, with a collection no other test has used (CHROMA_COLLECTION)."""
+    return {**chroma_service, "CHROMA_COLLECTION": f"t{uuid.uuid4().hex[:12]}"}

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
-from conftest import ROOT, SAMPLE_TRANSCRIPT
-from test_server_mode import free_port, start_chroma
+from conftest import ROOT, SAMPLE_TRANSCRIPT, free_port, start_chroma
 
 sys.path.insert(0, str(ROOT))
 from ingestion import settings  # noqa: E402
@@ -28,22 +25,10 @@ from ingestion.store import Store  # noqa: E402
 WORKER = ROOT / "ingestion" / "process_queue_worker.py"
 
 
-@pytest.fixture(scope="module")
-def chroma(tmp_path_factory):
-    """One `chroma run` server for this module's tests (each uses a collection of its own)."""
-    proc, env = start_chroma(tmp_path_factory.mktemp("chroma-store-server"))
-    yield env
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture
-def server(chroma):
-    """The module's server, with a collection no other test has used."""
-    return {**chroma, "CHROMA_COLLECTION": f"s{uuid.uuid4().hex[:12]}"}
+def server(chroma_server):
+    """The session's server (conftest), with a collection no other test has used."""
+    return chroma_server
 
 
 def open_store(env: dict) -> Store:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Measure what an embedded store costs (index RAM, each process's peak, the cgroup's rss and page cache,
-disk) and check the capacity plan (ingestion/capacity.py, whose constants come from here) against the
+disk) and check the capacity plan (ingestion/run/capacity.py, whose constants come from here) against the
 store that results.
 
     TIKTOKEN_CACHE_DIR=$PWD/.cache/tiktoken .venv/bin/python bench/capacity_plan.py \\
@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ingestion import procinfo  # noqa: E402
+from ingestion.common import procinfo  # noqa: E402
 
 
 # ---- a cgroup memory group of our own ---------------------------------------------------------

@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
 import make_corpus  # noqa: E402
+
 from local_openai.testing import running_server  # noqa: E402
 
 KEY = "sk-bench-kill-cost-0000000000000000"

@@ -199,7 +199,7 @@ SET_BY_BENCH = {"TRANSCRIPTS_DIR", "CHECKPOINT_DIR", "CHROMA_PATH", "OPENAI_API_
 def project_env() -> dict[str, str]:
     """The project's settings found in this environment: they reach its commands (e.g. FILES_PER_CHILD)."""
     try:
-        from ingestion.settings import SETTINGS
+        from ingestion.common.settings import SETTINGS
         names = {s.name for s in SETTINGS}
     except Exception:
         return {}

@@ -13,7 +13,7 @@ machine does not always fall on the same side). Prints each pair's wall times, t
 server / embedded.
 
 --profile: the worker of each run records every store call it makes (the store is the
-worker's: its children reach it through store_link), and prints, per file, the calls' count and
+worker's: its children reach it through lent_store), and prints, per file, the calls' count and
 time: the operation a child asked for (claim, add, ...) with the time it waited for the worker's store
 to be free, the Store method, and the Chroma client calls under them (HTTP calls in server mode).
 """
@@ -94,7 +94,7 @@ def profiled_worker(out: Path) -> None:
     http (a Chroma client call under it)."""
     import threading
 
-    from ingestion import store, store_link
+    from ingestion.storage import lent_store, store
 
     lock = threading.Lock()
     records: list[dict] = []
@@ -110,15 +110,16 @@ def profiled_worker(out: Path) -> None:
                                     "seconds": time.monotonic() - t})
         return wrapper
 
-    shared_call = store_link.Shared.call
-    store_link.Shared.call = timed("op", lambda a: a[2], shared_call)
-    for name in [n for n in store_link.CALLS if hasattr(store.Store, n)]:
+    shared_call = lent_store.Shared.call
+    lent_store.Shared.call = timed("op", lambda a: a[2], shared_call)
+    for name in [n for n in lent_store.CALLS if hasattr(store.Store, n)]:
         setattr(store.Store, name, timed("store", lambda a, n=name: n, getattr(store.Store, name)))
     store_call = store.Store.call
     store.Store.call = timed("http", lambda a: getattr(a[1], "__name__", "?"), store_call)
     sys.argv = ["process_queue_worker.py"]
     try:
-        from ingestion import cli, job, settings, worker
+        from ingestion.common import cli, settings
+        from ingestion.run import job, worker
 
         cli.setup_logging()
         cfg = settings.load()
@@ -161,6 +162,7 @@ def main(argv=None) -> int:
     if args.worker_profile:
         profiled_worker(args.worker_profile)
     import make_corpus
+
     from local_openai.testing import running_server
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="server-mode-"))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ingestion import schema  # noqa: E402  (the metadata the pipeline writes)
+from ingestion.storage import schema  # noqa: E402  (the metadata the pipeline writes)
 
 
 def cpu() -> float:

@@ -11,9 +11,11 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 
 from pathlib import Path  # noqa: E402
 
-from ingestion import cli, file_queue, outcomes, paths, settings, splitter, state, textfile  # noqa: E402
-from ingestion.errors import ConfigError  # noqa: E402
-from ingestion.hashing import source_key  # noqa: E402
+from ingestion.common import cli, settings  # noqa: E402
+from ingestion.common.errors import ConfigError  # noqa: E402
+from ingestion.common.hashing import source_key  # noqa: E402
+from ingestion.text import file_parts, textfile  # noqa: E402
+from ingestion.tracking import file_queue, outcomes, paths, state  # noqa: E402
 
 
 def main() -> int:
@@ -32,15 +34,15 @@ def main() -> int:
     q, _ = state.read(cfg)
     original = file_queue.original_of(q, path)
     where = file_queue.where(q, path)
-    if where == "processing":
+    if where == file_queue.PROCESSING:
         raise ConfigError(f"{path} is being processed right now; split it when it is not")
     info = textfile.inspect(Path(path))
-    parts = splitter.split_file(Path(path), cfg.splits_dir / source_key(original),
+    parts = file_parts.split_file(Path(path), cfg.splits_dir / source_key(original),
                                 parts=None if args.max_tokens else (args.parts or cfg.split_parts),
                                 max_tokens=args.max_tokens)
     for part in parts:
         print(part)
-    if where in ("pending", "failed") and len(parts) > 1:
+    if where in (file_queue.PENDING, file_queue.FAILED) and len(parts) > 1:
         original_sha = info.sha256 if original == path else file_queue.details(q, original).get("sha256")
         outcomes.split(cfg, path, [str(x) for x in parts], original, original_sha)
         print(f"{len(parts)} parts replace {path} in the queue", file=sys.stderr)

@@ -5,8 +5,11 @@ import sys
 
 sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project, not ingestion/
 
-from ingestion import capacity, cli, file_queue, models, progress, scan, settings, state, status  # noqa: E402
-from ingestion.job import check_ready  # noqa: E402
+from ingestion.common import cli, progress, settings  # noqa: E402
+from ingestion.openai_api import models  # noqa: E402
+from ingestion.run import capacity  # noqa: E402
+from ingestion.run.preflight import check_ready  # noqa: E402
+from ingestion.tracking import file_queue, scan, state, status  # noqa: E402
 
 
 def main() -> int:
@@ -46,7 +49,7 @@ def main() -> int:
             print(f"gone {path!r}")
     print(("dry run, nothing changed: would be " if args.dry_run else "") + summary.line(q))
     if args.dry_run:
-        todo = file_queue.paths(q, "pending") + file_queue.paths(q, "processing")
+        todo = file_queue.paths(q, file_queue.PENDING) + file_queue.paths(q, file_queue.PROCESSING)
         with progress.bar(len(todo), "counting tokens", "files") as advance:
             tokens, chunks, saved, unreadable = scan.estimate_tokens(cfg, todo, advance)
         price = models.cost(tokens, cfg.embedding_model)

@@ -7,7 +7,9 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 
 import json  # noqa: E402
 
-from ingestion import cli, job, settings, status, worker  # noqa: E402
+from ingestion.common import cli, settings  # noqa: E402
+from ingestion.run import job, worker  # noqa: E402
+from ingestion.tracking import status  # noqa: E402
 
 
 def main() -> int:

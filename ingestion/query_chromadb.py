@@ -11,10 +11,10 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 import json  # noqa: E402
 import textwrap  # noqa: E402
 
-from ingestion import cli, settings  # noqa: E402
-from ingestion.embeddings import Embedder  # noqa: E402
-from ingestion.errors import ConfigError  # noqa: E402
-from ingestion.store import Store  # noqa: E402
+from ingestion.common import cli, settings  # noqa: E402
+from ingestion.common.errors import ConfigError  # noqa: E402
+from ingestion.openai_api.embeddings import Embedder  # noqa: E402
+from ingestion.storage.store import Store  # noqa: E402
 
 DISTANCE_NAMES = {"cosine": "cosine distance", "l2": "squared L2 distance", "ip": "inner-product distance"}
 

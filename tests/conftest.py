@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 sys.path.insert(0, str(ROOT))
 
-from tools.seed_tiktoken_cache import DEFAULT as TIKTOKEN_DEFAULT, seed  # noqa: E402
+from tools.seed_tiktoken_cache import DEFAULT as TIKTOKEN_DEFAULT  # noqa: E402
+from tools.seed_tiktoken_cache import seed
 
 os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(TIKTOKEN_DEFAULT))
 seed(Path(os.environ["TIKTOKEN_CACHE_DIR"]))

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REAL, ROOT
 
 from bench.capacity_plan import fill, index_ram, memory_group
-from ingestion import capacity, cleanup, procinfo
+from ingestion.common import procinfo
+from ingestion.run import capacity
+from ingestion.text import page_layout
 
 MB = 2**20
 REAL_BYTES = sum(p.stat().st_size for p in REAL)
@@ -95,7 +96,7 @@ def test_procinfo_finds_a_v1_memory_controller_mounted_with_another(tmp_path):
 
 
 def _probe(group=None) -> str:
-    argv = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from ingestion import procinfo; "
+    argv = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); from ingestion.common import procinfo; "
             "print(procinfo.memory_budget_bytes(), procinfo.oom_kills())", str(ROOT)]
     out = (group.run(argv) if group else subprocess.run(argv, capture_output=True, text=True))
     assert out.returncode == 0, out.stderr
@@ -189,7 +190,7 @@ def test_the_largest_store_that_fits_is_ingested_without_oom_kill_and_one_past_i
     project.add_real()
     project.ingest_all()  # a store of ours (outside the group): 123 vectors, the 2 files done
     # vectors the worker's plan will expect of the next two files (2 stored: estimated from their cleaned text)
-    clean = sum(len(cleanup.clean(p.read_text()).text.encode()) for p in REAL)
+    clean = sum(len(page_layout.clean(p.read_text()).text.encode()) for p in REAL)
     new = int(-(-REAL_BYTES // (capacity.CLEAN_BYTES_PER_CHUNK * REAL_BYTES / clean)))
     assert 123 <= new <= 1.3 * 123  # (it really makes 123: an estimate that errs towards more)
     most = capacity.most_vectors(limit, dims, 2)  # (2 pending files: 2 at a time)
@@ -228,7 +229,7 @@ def test_a_first_run_never_undercounts_the_vectors_its_files_will_make(project, 
     the pending files: plain transcripts (all of it) and paginated ones (under half) alike, never fewer
     vectors than the files really make (an undercount is an OOM kill days later), at most 30% more."""
     from bench.make_corpus import make_files
-    from ingestion import settings
+    from ingestion.common import settings
 
     paths = project.add_real() if kind == "paginated" else make_files(project.transcripts, 8, 60, seed=3)
     env = {"TEXT_CLEANUP": "off"} if kind.endswith("off") else {}

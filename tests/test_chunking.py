@@ -5,10 +5,10 @@ import json
 import random
 
 import pytest
-
 from conftest import FIXTURES, REAL, SAMPLE_TRANSCRIPT
-from ingestion import chunking, textfile
-from ingestion.chunking import count_tokens, iter_chunks
+
+from ingestion.text import chunking, textfile
+from ingestion.text.chunking import count_tokens, iter_chunks
 
 
 def chunks_of(text, max_tokens=500, overlap=50, block=4096):

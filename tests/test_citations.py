@@ -1,7 +1,7 @@
 """Paginated transcripts through the whole pipeline: furniture and word index out, page:line in.
 
 The truth comes from the original files read independently (test_cleanup.real_speech: the
-form feeds between pages, the printed page numbers, the gutters), not from ingestion/cleanup.py.
+form feeds between pages, the printed page numbers, the gutters), not from ingestion/text/page_layout.py.
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import json
 import re
 
 import tiktoken
-
 from conftest import SAMPLE_TRANSCRIPT
 from test_cleanup import FURNITURE, real_speech, words
 

@@ -1,6 +1,6 @@
 """Cleaning paginated transcripts: furniture and word index out, page:line citations in.
 
-The truth is established independently of ingestion/cleanup.py: the real Supreme Court
+The truth is established independently of ingestion/text/page_layout.py: the real Supreme Court
 transcripts are parsed here with their form feeds (one page each) and their fixed layout;
 the synthetic ones in tests/fixtures/cleanup/ carry a .json with every line of speech
 (see make_fixtures.py there; plain_numbers_at_line_end.txt is written by hand). Other
@@ -13,11 +13,12 @@ import re
 from dataclasses import replace
 
 import pytest
-
 from conftest import FIXTURES, REAL, SAMPLE_TRANSCRIPT
-from ingestion import chunking, cleanup, cutting, settings, textfile
-from ingestion.chunking import count_tokens
-from ingestion.cleanup import clean, position
+
+from ingestion.common import settings
+from ingestion.text import chunking, file_chunks, page_layout, textfile
+from ingestion.text.chunking import count_tokens
+from ingestion.text.page_layout import clean, position
 
 CLEANUP = FIXTURES / "cleanup"
 SYNTHETIC = ["no_index", "index_like_speech", "broken_gutters", "long_pages"]
@@ -250,7 +251,7 @@ def test_plain_transcripts_are_left_alone(text):
 
 def test_files_over_the_size_limit_are_not_cleaned(monkeypatch):
     text = REAL[0].read_text()
-    monkeypatch.setattr(cleanup, "MAX_CLEANUP_CHARS", len(text) - 1)
+    monkeypatch.setattr(page_layout, "MAX_CLEANUP_CHARS", len(text) - 1)
     assert clean(text) is None
 
 
@@ -427,7 +428,7 @@ def test_plain_transcripts_with_numbers_at_line_ends_are_cut_as_with_cleanup_off
     path = tmp_path / "plain.txt"
     path.write_text(text)
     info, cfg = textfile.inspect(path), settings.load()
-    auto = [(c.chunk, c.citation) for c in cutting.file_chunks(replace(cfg, text_cleanup="auto"), path, info)]
-    off = [(c.chunk, c.citation) for c in cutting.file_chunks(replace(cfg, text_cleanup="off"), path, info)]
+    auto = [(c.chunk, c.citation) for c in file_chunks.file_chunks(replace(cfg, text_cleanup="auto"), path, info)]
+    off = [(c.chunk, c.citation) for c in file_chunks.file_chunks(replace(cfg, text_cleanup="off"), path, info)]
     assert clean(text) is None
     assert auto == off

@@ -15,10 +15,10 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, SAMPLE_TRANSCRIPT, Project
 from waiting import wait_for
-from ingestion.procinfo import pid_alive
+
+from ingestion.common.procinfo import pid_alive
 
 CORPUS = {f"day{n}/session-{n}.txt": "\n\n".join(
     f"[00:{m:02d}:00] SPEAKER{m % 3}: " + SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}-{m}")
@@ -165,7 +165,7 @@ DIES_AT_THE_COLLECTIONS_RECORD = """
 import os, runpy, signal, sys
 root = sys.argv[1]
 sys.path.insert(0, root)
-from ingestion import store
+from ingestion.storage import store
 # killed at the moment the collection's record is to be written: its first vectors are stored, the record not
 store.Store.stamp = lambda self, dimensions: os.kill(os.getpid(), signal.SIGKILL)
 sys.argv = [os.path.join(root, "ingestion", "process_queue_worker.py")]
@@ -349,8 +349,8 @@ def test_a_second_worker_on_a_busy_embedded_store_exits_8_at_once(project, api, 
 READER = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from ingestion import settings
-from ingestion.store import Store
+from ingestion.common import settings
+from ingestion.storage.store import Store
 with Store(settings.load(), wait=False, check=None, create=False):  # as --status opens it
     print("held", flush=True)
     sys.stdin.readline()  # held until the test says

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import pwd
 import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from ingestion import settings
+from ingestion.common import settings
 from tools.seed_tiktoken_cache import CACHE_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -249,8 +249,8 @@ def rebuilds_for(svc: dict, path: str) -> bool:
 
 
 # A file of each kind the image is built from (Dockerfile.ingest copies them).
-IMAGE_INPUTS = ["Dockerfile.ingest", ".dockerignore", "requirements.ingest.txt", "ingestion/worker.py",
-                "ingestion/settings.py", "deploy/worker_loop.sh", "transcripts/case/a.txt", "transcripts/b.txt"]
+IMAGE_INPUTS = ["Dockerfile.ingest", ".dockerignore", "requirements.ingest.txt", "ingestion/run/worker.py",
+                "ingestion/common/settings.py", "deploy/worker_loop.sh", "transcripts/case/a.txt", "transcripts/b.txt"]
 NOT_IMAGE_INPUTS = ["README.md", "RENDER_INGESTION_WORKER_INSTRUCTIONS.md", "tests/test_pipeline.py",
                     "bench/RESULTS.md", "local_openai/server.py"]
 
@@ -260,7 +260,7 @@ def setting_value(svc: dict, name: str) -> str:
     entry = env_vars(svc).get(name)
     if entry is not None and "value" in entry:
         return entry["value"]
-    assert name in settings._BY_NAME, f"{name} is not a setting of ingestion/settings.py"
+    assert name in settings._BY_NAME, f"{name} is not a setting of ingestion/common/settings.py"
     return settings._BY_NAME[name].default
 
 
@@ -440,7 +440,7 @@ def test_dockerignore_keeps_out(path):
 
 
 @pytest.mark.parametrize("path", [
-    "requirements.ingest.txt", "ingestion/worker.py", "transcripts/case/a.txt", "Dockerfile.ingest",
+    "requirements.ingest.txt", "ingestion/run/worker.py", "transcripts/case/a.txt", "Dockerfile.ingest",
     "deploy/worker_loop.sh"])
 def test_dockerignore_keeps_in(path):
     assert not dockerignored(path), f"{path} is needed by the build"
@@ -731,7 +731,7 @@ QUOTED_MESSAGES = [
 
 @pytest.mark.parametrize("message", QUOTED_MESSAGES)
 def test_guide_quotes_messages_the_code_prints(message):
-    code = "".join(p.read_text() for p in sorted((ROOT / "ingestion").glob("*.py")))
+    code = "".join(p.read_text() for p in sorted((ROOT / "ingestion").rglob("*.py")))
     assert message in GUIDE.read_text(), f"the guide no longer quotes {message!r}: update QUOTED_MESSAGES"
     assert message in code, f"the guide quotes {message!r}, which the code no longer prints"
 
@@ -923,13 +923,13 @@ def guide_default_claims() -> list[tuple[str, int, str]]:
 
 def test_guide_states_the_code_defaults():
     """The guide once said EMBED_BATCH_SIZE (10) when the code's default was 16: every value it
-    gives a setting as a default is the one ingestion/settings.py has."""
+    gives a setting as a default is the one ingestion/common/settings.py has."""
     claims = guide_default_claims()
     assert claims, "the guide states no default"
     for name, value, where in claims:
         default = settings._BY_NAME[name].default
         assert default is not None and int(default) == value, \
-            f"the guide says {where!r}, but ingestion/settings.py's default for {name} is {default}"
+            f"the guide says {where!r}, but ingestion/common/settings.py's default for {name} is {default}"
     stated = {name for name, _, _ in claims}
     missing = [name for name in DEFAULTS_THE_GUIDE_STATES if name not in stated]
     assert not missing, f"the guide should state these defaults as `NAME` (value): {missing}"
@@ -967,7 +967,7 @@ SIZING_HEADER = "| Transcripts | Vectors"
 def bytes_per_vector(dims: int) -> float:
     """The index's RAM a vector: the capacity plan's measured figures (4 bytes a dimension and the graph's
     share, which does not shrink with the dimensions), the one place they are kept."""
-    from ingestion import capacity
+    from ingestion.run import capacity
 
     return capacity.index_bytes(1, dims)
 

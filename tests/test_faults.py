@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 from conftest import API_KEY, SAMPLE_TRANSCRIPT
 
 
@@ -238,7 +237,7 @@ def test_partial_headers_still_pace(project, api, rate_limit_headers, which):
 def test_a_429_that_names_the_limit_teaches_it(tmp_path):
     """No headers, but OpenAI's 429 says "on tokens per min (TPM): Limit N": the pacer takes N as the
     limit, unless the server already admitted more of ours in the window than N (then not believed)."""
-    from ingestion.pacing import Pacer, stated_limits
+    from ingestion.openai_api.pacing import Pacer, stated_limits
 
     def body(limit):
         return json.dumps({"error": {"type": "tokens", "message": (
@@ -270,7 +269,7 @@ def test_the_window_is_read_from_the_reset_headers(tmp_path):
     """x-ratelimit-reset-* is the time to refill what is used at the limit per window: with the limit and
     what remains it gives the window (OpenAI's 60 s; 12 s here). Until an answer says it, or where no
     answer does, the window given to the Pacer (RATE_LIMIT_WINDOW_SECONDS) holds."""
-    from ingestion.pacing import Pacer, read_limits, window_of
+    from ingestion.openai_api.pacing import Pacer, read_limits, window_of
 
     def headers(limit, remaining, reset):
         return {"x-ratelimit-limit-tokens": str(limit), "x-ratelimit-remaining-tokens": str(remaining),
@@ -292,7 +291,7 @@ def test_the_window_is_read_from_the_reset_headers(tmp_path):
 def test_without_headers_concurrency_grows_only_after_a_429_or_a_quiet_window(tmp_path):
     """Every attempt in flight when an unknown limit is first reached gets a 429: until the first
     429 (or a whole window without one), the machine keeps BARE_CWND attempts in flight."""
-    from ingestion.pacing import BARE_CWND, Pacer
+    from ingestion.openai_api.pacing import BARE_CWND, Pacer
 
     def cwnd_after(path, answers):
         pacer = Pacer(path)
@@ -313,7 +312,7 @@ def test_without_headers_concurrency_grows_only_after_a_429_or_a_quiet_window(tm
 def test_an_attempt_waiting_for_room_only_reads_the_pacing_file(tmp_path):
     """Waiting attempts look at the shared state every POLL seconds; they do not rewrite it (at 16
     waiting threads that was ~0.2 CPU-s a second of the run), and go as soon as there is room."""
-    from ingestion.pacing import Pacer
+    from ingestion.openai_api.pacing import Pacer
 
     path = tmp_path / "ratelimit.json"
     pacer = Pacer(path)

@@ -1,7 +1,7 @@
 """A process killed mid-file (kill -9, as the OOM killer does) pays again only for the requests it had in flight.
 
 Vectors the API has answered are handed to the store as soon as their request is answered
-(pipeline.py, store_link.py): to the worker, which owns them from then on, or written at
+(run/embed_and_store.py, storage/lent_store.py): to the worker, which owns them from then on, or written at
 once by a process that holds the store itself. So after kills at random moments and the
 reruns that finish the files, the chunks sent beyond a clean run's are at most
 EMBED_CONCURRENCY x EMBED_BATCH_SIZE a kill, and the store holds what a clean run stores.
@@ -18,7 +18,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, Project
 
 BATCH, CONCURRENCY = 4, 4

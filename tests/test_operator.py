@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import API_KEY, ROOT, SAMPLE_TRANSCRIPT
-from ingestion.settings import SETTINGS
+
+from ingestion.common.settings import SETTINGS
 
 SCRIPTS = ["generate_file_queue.py", "ingest_one_file.py", "process_queue_worker.py", "auto_chunker.py",
            "optimize_chromadb.py", "query_chromadb.py"]
@@ -148,7 +148,7 @@ def test_the_worker_help_lists_what_its_children_read(project):
 
 
 def test_readme_exit_codes_match_the_code(project):
-    from ingestion.errors import EXIT_CODES
+    from ingestion.common.errors import EXIT_CODES
 
     readme = (ROOT / "README.md").read_text()
     rows = re.findall(r"^\| `(\d+)` \| ([^|]+) \| ([^|]+) \| (yes|no) \|$", readme, re.M)

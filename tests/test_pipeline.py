@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import tiktoken
-
 from conftest import API_KEY, SAMPLE_TRANSCRIPT
 
 ENC = tiktoken.get_encoding("cl100k_base")
@@ -279,7 +278,8 @@ def test_a_server_that_ignores_the_base64_request_still_gives_float32_vectors():
     import base64
 
     import numpy as np
-    from ingestion.embeddings import _vector
+
+    from ingestion.openai_api.embeddings import _vector
 
     v = np.array([0.25, -1.5, 3.0e-8], dtype="<f4")
     assert np.array_equal(_vector(base64.b64encode(v.tobytes()).decode()), v)

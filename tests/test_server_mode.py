@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SAMPLE_TRANSCRIPT, Project, free_port, start_chroma
 from waiting import wait_for
 
 sys.path.insert(0, str(ROOT))
-from ingestion.procinfo import pid_alive  # noqa: E402
+from ingestion.common.procinfo import pid_alive  # noqa: E402
 
 CORPUS = {f"show-{n}.txt": "\n\n".join(SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}.{k}") for k in range(5))
           for n in range(5)}
@@ -118,8 +117,8 @@ def test_a_file_held_by_another_worker_is_left_alone(project, api, chroma_server
     fill(project)
     held = str(project.transcripts / "show-0.txt")
     sys.path.insert(0, str(Path(__file__).parent.parent))
-    from ingestion import settings
-    from ingestion.store import Store
+    from ingestion.common import settings
+    from ingestion.storage.store import Store
 
     os.environ.update(chroma_server)
     try:

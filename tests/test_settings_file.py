@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from conftest import SAMPLE_TRANSCRIPT
 
 SCRIPTS = [("generate_file_queue.py",), ("ingest_one_file.py",), ("process_queue_worker.py", "--max-iterations", "0"),

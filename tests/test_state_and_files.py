@@ -6,14 +6,16 @@ import json
 import os
 import subprocess
 import sys
-
-import pytest
 from pathlib import Path
 
+import pytest
 from conftest import REAL, ROOT, SAMPLE_TRANSCRIPT
 from waiting import wait_for
-from ingestion import file_queue, settings, splitter, state, atomicfile, textfile
-from ingestion.errors import FileRejected, StateFileError
+
+from ingestion.common import atomicfile, settings
+from ingestion.common.errors import FileRejected, StateFileError
+from ingestion.text import file_parts, textfile
+from ingestion.tracking import file_queue, state
 
 
 @pytest.fixture
@@ -26,7 +28,8 @@ def cfg(tmp_path, monkeypatch):
 ADD_PENDING = """
 import os, sys
 sys.path.insert(0, sys.argv[1])
-from ingestion import settings, state
+from ingestion.common import settings
+from ingestion.tracking import state
 cfg = settings.load()
 for i in range(40):
     with state.transaction(cfg) as (q, _):
@@ -197,21 +200,21 @@ def test_symlinks_out_of_the_roots_are_not_allowed(tmp_path):
 def test_split_parts_put_together_are_the_original(tmp_path, how):
     src = tmp_path / "case.txt"
     src.write_bytes(REAL[0].read_bytes().replace(b"\n", b"\r\n"))
-    parts = splitter.split_file(src, tmp_path / "splits", **how)
+    parts = file_parts.split_file(src, tmp_path / "splits", **how)
     assert len(parts) >= 2
     assert [p.name for p in parts] == [f"case_{i:02d}.txt" for i in range(1, len(parts) + 1)]
     assert b"".join(p.read_bytes() for p in parts) == src.read_bytes()
     if "parts" in how:
         assert len(parts) == 4
     else:
-        from ingestion.chunking import count_tokens
+        from ingestion.text.chunking import count_tokens
         assert all(count_tokens(p.read_text()) <= 2000 for p in parts)
 
 
 def test_split_prefers_speaker_turns(tmp_path):
     src = tmp_path / "s.txt"
     src.write_text((SAMPLE_TRANSCRIPT + "\n") * 40)
-    parts = splitter.split_file(src, tmp_path / "out", parts=3)
+    parts = file_parts.split_file(src, tmp_path / "out", parts=3)
     assert len(parts) == 3, parts  # (one part has no second part to start at a turn: the loop would check nothing)
     for part in parts[1:]:
         first = part.read_text().lstrip("\n")
@@ -219,7 +222,7 @@ def test_split_prefers_speaker_turns(tmp_path):
 
 
 def test_capacity_warning_before_the_embedded_index_outgrows_memory(cfg, monkeypatch):
-    from ingestion import capacity, worker
+    from ingestion.run import capacity, worker
 
     monkeypatch.setattr(worker.procinfo, "memory_budget_bytes", lambda: 4 * 2**30)  # a 4 GB machine
     assert worker.capacity_warning(cfg, 100_000) is None
@@ -233,7 +236,7 @@ def test_capacity_warning_before_the_embedded_index_outgrows_memory(cfg, monkeyp
 
 
 def test_outcomes_append_to_the_checkpoint_journal_and_reading_replays_it(cfg):
-    from ingestion import checkpoint
+    from ingestion.tracking import checkpoint
 
     with state.transaction(cfg) as (_, c):
         checkpoint.record_done(c, "/a", chunks=1)
@@ -257,7 +260,7 @@ def test_outcomes_append_to_the_checkpoint_journal_and_reading_replays_it(cfg):
 CHILDREN_SIDE_BY_SIDE = """
 import multiprocessing, sys, threading, time
 sys.path.insert(0, sys.argv[1])
-from ingestion import worker
+from ingestion.run import worker
 
 def lane(ctx, codes):
     for _ in range(50):
@@ -287,8 +290,8 @@ def test_children_started_side_by_side_report_their_own_exit_code(tmp_path):
 def test_paid_vectors_the_store_did_not_take_are_written_once_for_their_store(cfg, tmp_path, monkeypatch):
     import numpy as np
 
-    from ingestion import schema, unwritten
-    from ingestion.store import Store
+    from ingestion.storage import paid_vectors, schema
+    from ingestion.storage.store import Store
 
     monkeypatch.setenv("CHROMA_PATH", str(tmp_path / "chroma"))
     cfg = settings.load()
@@ -299,18 +302,18 @@ def test_paid_vectors_the_store_did_not_take_are_written_once_for_their_store(cf
     vectors = [rnd.random(1536, dtype=np.float32) for _ in range(2)]
     metas = [schema.chunk_metadata(src, 0, 3, f"sha-{n}", "file-sha", "", "", [], "utf-8", 1)
              for n, src in enumerate(["/tx/a.txt", "/tx/done.txt"])]
-    unwritten.save(cfg, ["id-a", "id-done"], vectors, ["text a", "text done"], metas)
+    paid_vectors.save(cfg, ["id-a", "id-done"], vectors, ["text a", "text done"], metas)
     monkeypatch.setenv("CHROMA_COLLECTION", "another")
-    other = unwritten.save(settings.load(), ["id-x"], vectors[:1], ["x"], metas[:1])
-    (unwritten.folder(cfg) / "torn.json").write_text('{"store": ')
+    other = paid_vectors.save(settings.load(), ["id-x"], vectors[:1], ["x"], metas[:1])
+    (paid_vectors.folder(cfg) / "torn.json").write_text('{"store": ')
     with Store(cfg) as store:
-        assert unwritten.restore(cfg, store) == 1
+        assert paid_vectors.restore(cfg, store, file_queue.completed_in(cfg.queue_path)) == 1
         got = store.get(["id-a", "id-done"], include=("documents", "metadatas", "embeddings"))
         assert got["ids"] == ["id-a"] and got["documents"] == ["text a"] and got["metadatas"] == [metas[0]]
         assert np.allclose(got["embeddings"][0], vectors[0], rtol=1e-6, atol=0)  # (the index keeps them its way)
-        assert unwritten.restore(cfg, store) == 0  # written once: its file is gone
-    assert unwritten.waiting(cfg) == [other]  # another collection's: left for a run on it
-    assert (unwritten.folder(cfg) / "torn.json.damaged").exists()
+        assert paid_vectors.restore(cfg, store, file_queue.completed_in(cfg.queue_path)) == 0  # written once: its file is gone
+    assert paid_vectors.waiting(cfg) == [other]  # another collection's: left for a run on it
+    assert (paid_vectors.folder(cfg) / "torn.json.damaged").exists()
 
 
 def test_writes_that_wait_for_the_store_are_written_together_and_each_child_answered(cfg, tmp_path, monkeypatch):
@@ -318,10 +321,10 @@ def test_writes_that_wait_for_the_store_are_written_together_and_each_child_answ
 
     import numpy as np
 
-    from ingestion import schema
-    from ingestion.errors import StoreError
-    from ingestion.store import Store
-    from ingestion.store_link import Shared
+    from ingestion.common.errors import StoreError
+    from ingestion.storage import schema
+    from ingestion.storage.lent_store import Shared
+    from ingestion.storage.store import Store
 
     monkeypatch.setenv("CHROMA_PATH", str(tmp_path / "chroma"))
     cfg = settings.load()
@@ -377,7 +380,7 @@ def test_the_fork_servers_preload_opens_no_thread_or_socket_and_builds_the_sdks_
     # children are forked from it: a thread or a socket there would be copied into every child
     code = """
 import os, threading
-import ingestion.preload
+import ingestion.run.fork_preload
 from openai import _base_client
 kinds = []
 for fd in os.listdir("/proc/self/fd"):
@@ -397,7 +400,7 @@ def test_the_fork_servers_preload_holds_what_each_child_imports_when_it_starts()
     # script imports that the preload lacks is imported again by every child (~25 ms each, measured)
     code = """
 import runpy, sys
-import ingestion.preload
+import ingestion.run.fork_preload
 before = set(sys.modules)
 runpy.run_path("ingestion/process_queue_worker.py", run_name="__mp_main__")
 print(sorted(set(sys.modules) - before))
@@ -410,8 +413,8 @@ def test_a_text_stored_for_many_sources_is_looked_up_as_one_vector(tmp_path, mon
     """A paragraph every transcript carries (a court's boilerplate) is stored once a source until
     optimize_chromadb.py dedupes it: the lookup that reuses its vector brings back one, not one a source
     (300 of 1536 dimensions: ~2 MB a lookup, ~60 MB at 10,000 sources, on every file)."""
-    from ingestion.hashing import chunk_id, sha256_text
-    from ingestion.store import Store
+    from ingestion.common.hashing import chunk_id, sha256_text
+    from ingestion.storage.store import Store
 
     monkeypatch.setenv("CHROMA_PATH", str(tmp_path / "db"))
     monkeypatch.setenv("CHECKPOINT_DIR", str(tmp_path / "ck"))

@@ -14,13 +14,12 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, SAMPLE_TRANSCRIPT, free_port, start_chroma
 
 sys.path.insert(0, str(ROOT))
-from ingestion import settings  # noqa: E402
-from ingestion.hashing import source_key  # noqa: E402
-from ingestion.store import Store  # noqa: E402
+from ingestion.common import settings  # noqa: E402
+from ingestion.common.hashing import source_key  # noqa: E402
+from ingestion.storage.store import Store  # noqa: E402
 
 WORKER = ROOT / "ingestion" / "process_queue_worker.py"
 
@@ -52,8 +51,8 @@ def open_store(env: dict) -> Store:
 RACER = r"""
 import json, os, sys
 sys.path.insert(0, os.environ["PROJECT_ROOT"])
-from ingestion import settings
-from ingestion.store import Store
+from ingestion.common import settings
+from ingestion.storage.store import Store
 
 owner = sys.argv[1]
 with Store(settings.load()) as store:

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import SAMPLE_TRANSCRIPT
 
 SCRIPTS_THAT_WRITE = [("generate_file_queue.py",), ("process_queue_worker.py",), ("ingest_one_file.py",),
@@ -371,8 +370,10 @@ def test_no_tokenizer_file_is_one_line_before_anything_is_claimed(project, api, 
 def test_a_store_that_fails_after_its_check_gives_the_claimed_file_back(project, api, monkeypatch):
     """ingest_one_file.py checks the store, claims, then opens it: a failure in between (the disk
     filling up, the server going away) must not leave the claim in `processing`."""
-    from ingestion import job, settings, store
-    from ingestion.errors import StoreError
+    from ingestion.common import settings
+    from ingestion.common.errors import StoreError
+    from ingestion.run import job
+    from ingestion.storage import store
 
     class FailsToOpen(store.Store):
         def __enter__(self):

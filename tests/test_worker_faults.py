@@ -15,7 +15,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, SAMPLE_TRANSCRIPT, Project
 
 FILES = {f"day{n}/talk-{n}.txt": "\n\n".join(
@@ -245,7 +244,9 @@ def test_children_run_this_checkout_whatever_the_working_directory_holds(project
     other.mkdir()
     (other / "__init__.py").write_text("")
     marker = project.root / "imported-the-wrong-ingestion"
-    (other / "preload.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (other / "run").mkdir()
+    (other / "run" / "__init__.py").write_text("")
+    (other / "run" / "fork_preload.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     project.add("a.txt", SAMPLE_TRANSCRIPT)
     r = project.ingest_all()
     assert "1 completed" in r.stdout, r.stdout + r.stderr

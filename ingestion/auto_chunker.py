@@ -13,9 +13,9 @@ from pathlib import Path  # noqa: E402
 
 from ingestion.common import cli, settings  # noqa: E402
 from ingestion.common.errors import ConfigError  # noqa: E402
-from ingestion.common.hashing import source_key  # noqa: E402
-from ingestion.text import file_parts, textfile  # noqa: E402
-from ingestion.tracking import file_queue, outcomes, paths, state  # noqa: E402
+from ingestion.run import splits  # noqa: E402
+from ingestion.text import textfile  # noqa: E402
+from ingestion.tracking import paths  # noqa: E402
 
 
 def main() -> int:
@@ -31,20 +31,10 @@ def main() -> int:
         raise ConfigError(f"{path} is outside TRANSCRIPTS_DIR ({cfg.transcripts_dir}); not splitting it")
     if args.parts is not None and args.parts < 2 or args.max_tokens is not None and args.max_tokens < 1:
         raise ConfigError("--parts must be at least 2 and --max-tokens at least 1")
-    q, _ = state.read(cfg)
-    original = file_queue.original_of(q, path)
-    where = file_queue.where(q, path)
-    if where == file_queue.PROCESSING:
-        raise ConfigError(f"{path} is being processed right now; split it when it is not")
-    info = textfile.inspect(Path(path))
-    parts = file_parts.split_file(Path(path), cfg.splits_dir / source_key(original),
-                                parts=None if args.max_tokens else (args.parts or cfg.split_parts),
-                                max_tokens=args.max_tokens)
+    parts, queued = splits.split_by_hand(cfg, path, args.parts, args.max_tokens)
     for part in parts:
         print(part)
-    if where in (file_queue.PENDING, file_queue.FAILED) and len(parts) > 1:
-        original_sha = info.sha256 if original == path else file_queue.details(q, original).get("sha256")
-        outcomes.split(cfg, path, [str(x) for x in parts], original, original_sha)
+    if queued:
         print(f"{len(parts)} parts replace {path} in the queue", file=sys.stderr)
     return 0
 

@@ -18,7 +18,9 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, Project
+from conftest import API_KEY, ROOT, Project
+
+from local_openai.testing import running_server
 
 BATCH, CONCURRENCY = 4, 4
 # small chunks, so that a file is many requests (several rounds of CONCURRENCY) without many tokens
@@ -46,11 +48,20 @@ def fill(project: Project) -> None:
 
 
 @pytest.fixture(scope="module")
+def api_server():
+    """This module's own API server: the counts compared are of this module's runs alone (the session's
+    server also serves the other tests of this process, and whatever a process of theirs still sends)."""
+    with running_server(api_key=API_KEY) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
 def clean(tmp_path_factory, api_server):
     """Content, chunks sent and tokens of one clean run of the corpus."""
     project = Project(tmp_path_factory.mktemp("clean"), api_server)
     fill(project)
     api_server.reset()
+    api_server.set_faults(latency_ms=0, latency_per_1k_tokens_ms=0, fault_rate=0, fail_next=[], rpm=0, tpm=0)
     project.ingest_all(**SETTINGS)
     stats = api_server.stats()
     api_server.reset()
@@ -99,11 +110,10 @@ def finish_and_check(project: Project, clean, kills: int) -> None:
     assert project.content() == content
     assert not list((project.checkpoints / "unwritten").glob("*.json"))
     paid_twice = project.api.stats()["inputs"] - clean_inputs
-    # UNEXPLAINED: on a loaded machine (other test processes side by side) 82 chunks came back for 5 kills in
-    # 4 runs of 8, 80 or fewer otherwise and always on a quiet one; the cause of those 2 is not found (not a
-    # kill's: both the worker's and ingest_one_file.py's paths show it). One request's worth is allowed for it,
-    # said so here and in the closing note, rather than a test that fails by chance.
-    assert paid_twice <= kills * CONCURRENCY * BATCH + BATCH, \
+    # (82 for 5 kills was seen when this module shared the session's API server with the other tests of its
+    # process: 82 cannot be in-flight requests of 4 and 3 chunks; with a server of its own and faults
+    # reset before the clean run, it has not come back)
+    assert paid_twice <= kills * CONCURRENCY * BATCH, \
         f"{paid_twice} chunks paid twice for {kills} kills: more than the {CONCURRENCY * BATCH} in flight a kill"
 
 

@@ -8,8 +8,9 @@ import sys
 import tiktoken
 from conftest import API_KEY, SAMPLE_TRANSCRIPT
 
+from ingestion.storage import schema
+
 ENC = tiktoken.get_encoding("cl100k_base")
-REQUIRED = {"source": str, "chunk_index": int, "token_count": int, "content_sha256": str, "file_sha256": str}
 
 
 def test_full_run_stores_every_file_within_the_token_bound(project, api):
@@ -27,7 +28,7 @@ def test_full_run_stores_every_file_within_the_token_bound(project, api):
     for doc, meta in chunks.values():
         assert len(ENC.encode_ordinary(doc)) <= 500
         assert meta["token_count"] == len(ENC.encode_ordinary(doc))
-        for key, kind in REQUIRED.items():
+        for key, kind in {**schema.REQUIRED, **schema.ALWAYS}.items():
             assert isinstance(meta[key], kind), key
     # every token the API saw belongs to a stored chunk: nothing embedded twice
     assert api.stats()["tokens"] == sum(m["token_count"] for _, m in chunks.values())

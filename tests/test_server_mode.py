@@ -190,6 +190,10 @@ def test_a_server_lost_mid_run_releases_the_file_and_stops_the_run(project, api,
         while not project.queue["completed"] and time.time() < deadline:
             time.sleep(0.2)
         assert project.queue["completed"], "no file finished before the server went away"
+        # the next requests are answered 3 s late, and the server goes while one of them is in flight
+        api.set_faults(fail_next=[{"action": "hang", "seconds": 3} for _ in range(8)])
+        wait_for(lambda: len(api.faults()["fail_next"]) < 8 and api.stats()["in_flight"] >= 1, 60,
+                 "a late answer in flight")
         proc.kill()  # the server is redeployed, crashes, or its machine goes
         proc.wait()
         out, err = worker.communicate(timeout=180)

@@ -43,9 +43,9 @@ class _JsonFormatter(logging.Formatter):
 
 def setup_logging() -> None:
     """Log lines to stderr: plain text, or JSON with LOG_FORMAT=json; level from LOG_LEVEL."""
-    level = (settings.raw("LOG_LEVEL") or "INFO").upper()
+    level = settings.raw("LOG_LEVEL").upper()  # (raw gives the default when unset)
     handler = logging.StreamHandler(sys.stderr)
-    if (settings.raw("LOG_FORMAT") or "text").lower() == "json":
+    if settings.raw("LOG_FORMAT").lower() == "json":
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))

@@ -21,9 +21,9 @@ from ingestion.common.errors import (EXIT_API_DOWN, EXIT_BUG, EXIT_BUSY, EXIT_FI
                                      IngestionError, OutOfMemory)
 from ingestion.common.procinfo import peak_rss_mb, rss_mb
 from ingestion.common.settings import Config
+from ingestion.run.embed_and_store import Result, ingest
 from ingestion.run.preflight import check_ready
 from ingestion.run.splits import finalize_split, split_after_oom
-from ingestion.run.embed_and_store import Result, ingest
 from ingestion.storage import paid_vectors
 from ingestion.storage.store import Store
 from ingestion.text import textfile

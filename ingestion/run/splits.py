@@ -1,12 +1,13 @@
-"""A split file's two moments: splitting a file that ran out of memory into parts queued in its place,
-and finishing the original once all its parts are stored (its stale chunks dropped, marked done)."""
+"""Split files: a file that ran out of memory split into parts queued in its place, a file split by
+hand (auto_chunker.py), and the original finished once all its parts are stored (its stale chunks
+dropped, marked done)."""
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
 
-from ingestion.common.errors import FileRejected, StateFileError
+from ingestion.common.errors import ConfigError, FileRejected, StateFileError
 from ingestion.common.hashing import chunk_id, sha256_text, source_key
 from ingestion.common.settings import Config
 from ingestion.storage.store import Store
@@ -74,3 +75,22 @@ def split_after_oom(cfg: Config, path: str, reason: str) -> bool:
             pass
     log.warning("out of memory on %s (%s): split into %d parts, queued first", path, reason, len(parts))
     return True
+
+
+def split_by_hand(cfg: Config, path: str, parts: int | None, max_tokens: int | None) -> tuple[list[Path], bool]:
+    """auto_chunker.py: split PATH into parts (PARTS of them, else at most MAX_TOKENS each, else SPLIT_PARTS);
+    a pending or failed file is replaced by its parts in the queue. Returns the parts and whether they were
+    queued."""
+    q, _ = state.read(cfg)
+    original = file_queue.original_of(q, path)
+    where = file_queue.where(q, path)
+    if where == file_queue.PROCESSING:
+        raise ConfigError(f"{path} is being processed right now; split it when it is not")
+    info = textfile.inspect(Path(path))
+    written = file_parts.split_file(Path(path), cfg.splits_dir / source_key(original),
+                                    parts=None if max_tokens else (parts or cfg.split_parts), max_tokens=max_tokens)
+    if where not in (file_queue.PENDING, file_queue.FAILED) or len(written) < 2:
+        return written, False
+    original_sha = info.sha256 if original == path else file_queue.details(q, original).get("sha256")
+    outcomes.split(cfg, path, [str(x) for x in written], original, original_sha)
+    return written, True

@@ -276,13 +276,14 @@ def _count(cfg: Config, tally: Tally, rc: int | None, pid: int, done: list, held
 
 def _after_death(cfg: Config, path: str, rc: int | None, stop: job.StopFlag, oom_seen: bool) -> str:
     outcome = outcomes.after_death(cfg, path, rc, oom_seen, stopping=stop())
-    if outcome != "split":
+    if outcome != outcomes.SPLIT:
         return outcome
     try:
-        return "split" if splits.split_after_oom(cfg, path, f"process {outcomes.describe(rc)}") else "failed"
+        split = splits.split_after_oom(cfg, path, f"process {outcomes.describe(rc)}")
     except IngestionError as e:
         log.error("%s", e)
-        return "released"
+        return outcomes.RELEASED
+    return outcomes.SPLIT if split else outcomes.FAILED
 
 
 # ---- starting children ---------------------------------------------------------------------------

@@ -4,12 +4,14 @@ Used by the pipeline (writing), the optimizer (validating) and the tests.
 """
 from __future__ import annotations
 
+from ingestion.text.file_chunks import CITATION_KEYS
+
 # Every chunk has these, with these types (the optimizer flags a chunk without them).
 REQUIRED = {"source": str, "chunk_index": int, "token_count": int, "content_sha256": str, "file_sha256": str}
 # Also written for every chunk.
 ALWAYS = {"part": str, "start_time": str, "speakers": str, "encoding": str, "ingested_at": int}
 # Chunks of a paginated transcript (TEXT_CLEANUP=auto): where the chunk is, in the transcript's own numbering.
-CITATION = {"page_start": int, "line_start": int, "page_end": int, "line_end": int}
+CITATION = dict.fromkeys(CITATION_KEYS, int)
 # Where a chunk sits in its file: updated without re-embedding when an edit moves a stored text.
 POSITION = ("chunk_index", "part", "file_sha256", "start_time", "speakers", *CITATION)
 # Set by the optimizer.

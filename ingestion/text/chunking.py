@@ -97,6 +97,14 @@ _CACHE_ENTRIES = 1 << 16
 _A, _B, _N, _RANK, _SPEAKER, _TIMEF = range(6)
 
 
+def line_rank(turn: bool, after_blank: bool) -> int:
+    """The boundary in front of a line: 0 a speaker turn after a blank line, 1 a paragraph (after a
+    blank line) or a speaker turn, 2 a line. The chunker and the file splitter (file_parts) both cut by it."""
+    if turn:
+        return 0 if after_blank else 1
+    return 1 if after_blank else 2
+
+
 @dataclass
 class Chunk:
     index: int
@@ -395,9 +403,7 @@ class Chunker:
                 name = SPEAKER_LINE.match(line)
                 if name:
                     self.speaker = name.group(2)
-                rank = 0 if self.prev_blank else 1
-            else:
-                rank = 1 if self.prev_blank else 2
+            rank = line_rank(bool(turn), self.prev_blank)
             self.prev_blank = False
             start = a
             while next_cut < pos:

@@ -16,6 +16,10 @@ from ingestion.text import chunking, textfile
 log = logging.getLogger("ingestion")
 
 
+# A paginated transcript's chunk is cited by these (stored in its metadata: storage/schema.CITATION)
+CITATION_KEYS = ("page_start", "line_start", "page_end", "line_end")
+
+
 @dataclass
 class Cut:
     chunk: chunking.Chunk
@@ -47,8 +51,7 @@ def file_chunks(cfg: Config, path: Path, info: textfile.FileInfo,
                 for c in chunking.iter_chunks([cleaned.text], cfg.chunk_max_tokens, cfg.chunk_overlap_tokens):
                     page_start, line_start = page_layout.position(cleaned, c.start)
                     page_end, line_end = page_layout.position(cleaned, max(c.start, c.end - 1))
-                    yield Cut(c, {"page_start": page_start, "line_start": line_start,
-                                  "page_end": page_end, "line_end": line_end})
+                    yield Cut(c, dict(zip(CITATION_KEYS, (page_start, line_start, page_end, line_end))))
                 return
             blocks = [text]
     for c in chunking.iter_chunks(blocks, cfg.chunk_max_tokens, cfg.chunk_overlap_tokens):

@@ -35,11 +35,8 @@ def _slices(blocks: Iterator[str]) -> Iterator[str]:
 
 
 def _boundary_rank(line: str, prev_blank: bool) -> int:
-    """0: speaker turn after a blank line, 1: paragraph or speaker turn, 2: any line."""
-    turn = chunking.TURN_START.match(line) is not None
-    if turn and prev_blank:
-        return 0
-    return 1 if turn or (prev_blank and line.strip()) else 2
+    """chunking.line_rank: 0 speaker turn after a blank line, 1 paragraph or speaker turn, 2 any line."""
+    return chunking.line_rank(chunking.TURN_START.match(line) is not None, prev_blank and bool(line.strip()))
 
 
 def _ranked_lines(path: Path, info: textfile.FileInfo) -> Iterator[tuple[str, int]]:

@@ -172,11 +172,6 @@ def lease(q: dict, path: str) -> dict | None:
     return q["files"].get(path, {}).get("lease")
 
 
-def set_child(q: dict, path: str, child_pid: int) -> None:
-    if lease(q, path) is not None:
-        q["files"][path]["lease"]["child_pid"] = child_pid
-
-
 def renew(q: dict, path: str) -> None:
     if lease(q, path) is not None:
         q["files"][path]["lease"]["renewed"] = time.time()

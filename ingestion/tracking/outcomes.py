@@ -19,11 +19,15 @@ import logging
 import os
 import signal
 
-from ingestion.common.errors import EXIT_INTERRUPTED, EXIT_MEMORY
+from ingestion.common.errors import (EXIT_API_DOWN, EXIT_FILE_FAILED, EXIT_INTERRUPTED, EXIT_MEMORY, EXIT_OK,
+                                     outcome_name)
 from ingestion.common.settings import Config
 from ingestion.tracking import checkpoint, file_queue, state
 
 log = logging.getLogger("ingestion")
+# A file's fates, named as the exit-code table names them (the worker's tally counts them by these names)
+COMPLETED, FAILED, REQUEUED, SPLIT, RELEASED = (outcome_name(code) for code in (
+    EXIT_OK, EXIT_FILE_FAILED, EXIT_API_DOWN, EXIT_MEMORY, EXIT_INTERRUPTED))
 
 
 def _failed(q: dict, c: checkpoint.Changes, path: str, reason: str) -> None:
@@ -94,8 +98,8 @@ def split(cfg: Config, path: str, parts: list[str], original: str, original_sha:
 
 
 def after_death(cfg: Config, path: str, rc: int | None, oom_seen: bool, stopping: bool) -> str:
-    """Its process died while the file was in processing. Returns the outcome's name, or
-    "split" when the caller must split the file (out of memory).
+    """Its process died while the file was in processing. Returns the outcome's name (errors.EXIT_CODES), SPLIT
+    when the caller must split the file (out of memory).
 
     rc: its exit status (negative: the signal), None when it cannot be known (its fork server
     died first: CPython then reports 255). stopping: the worker was stopping, so it had sent
@@ -104,7 +108,8 @@ def after_death(cfg: Config, path: str, rc: int | None, oom_seen: bool, stopping
     with state.transaction(cfg, checkpoint="append") as (q, c):
         where = file_queue.where(q, path)
         if where != file_queue.PROCESSING:
-            return {"completed": "completed", "failed": "failed", "pending": "requeued"}.get(where, "split")
+            return {file_queue.COMPLETED: COMPLETED, file_queue.FAILED: FAILED,
+                    file_queue.PENDING: REQUEUED}.get(where, SPLIT)
         if rc is None or stopping or rc in (-signal.SIGTERM, EXIT_INTERRUPTED):
             file_queue.release(q, path)
             if rc is None:
@@ -113,19 +118,19 @@ def after_death(cfg: Config, path: str, rc: int | None, oom_seen: bool, stopping
             elif rc == -signal.SIGKILL:
                 log.warning("%s: its process was killed by the worker (still busy after GRACE_SECONDS=%d on "
                             "stopping); back to pending, no kill counted", path, cfg.grace_seconds)
-            return "released"
+            return RELEASED
         if rc == -signal.SIGKILL:
             if oom_seen or file_queue.count_kill(q, path) >= 2:
-                return "split"
+                return SPLIT
             file_queue.release(q, path)
             log.warning("%s: its process was killed (SIGKILL); requeued (a second kill splits it)", path)
-            return "requeued"
+            return REQUEUED
         if rc == EXIT_MEMORY:
-            return "split"
+            return SPLIT
         reason = f"its process ended with {describe(rc)} without recording an outcome"
         _failed(q, c, path, reason)
     log.error("failed %s: %s", path, reason)
-    return "failed"
+    return FAILED
 
 
 def describe(rc: int) -> str:

@@ -8,7 +8,7 @@ sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the
 import json  # noqa: E402
 
 from ingestion.common import cli, settings  # noqa: E402
-from ingestion.run import job, worker  # noqa: E402
+from ingestion.run import children, job  # noqa: E402
 
 
 def main() -> int:
@@ -23,7 +23,7 @@ def main() -> int:
     if args.child:  # the worker's child, where the platform cannot fork (internal)
         def report(code: int, path: str, why: str) -> None:
             print("@@done " + json.dumps([code, path, why]), flush=True)
-        return worker.child_main(args.child, args.budget, json.loads(args.held), report)
+        return children.child_main(args.child, args.budget, json.loads(args.held), report)
     cfg = settings.load()
     return job.ingest_path(cfg, args.path, job.StopFlag().install())
 

@@ -260,7 +260,7 @@ def test_outcomes_append_to_the_checkpoint_journal_and_reading_replays_it(cfg):
 CHILDREN_SIDE_BY_SIDE = """
 import multiprocessing, sys, threading, time
 sys.path.insert(0, sys.argv[1])
-from ingestion.run import worker
+from ingestion.run import children
 
 def lane(ctx, codes):
     for _ in range(50):
@@ -268,7 +268,7 @@ def lane(ctx, codes):
         if sys.argv[2] == "plain":
             p.start(); p.join(); codes.append(p.exitcode)
         else:
-            worker.start_child(p); codes.append(worker.child_exit(p, None))
+            children.start_child(p); codes.append(children.child_exit(p, None))
 
 if __name__ == "__main__":
     ctx, codes = multiprocessing.get_context("forkserver"), []

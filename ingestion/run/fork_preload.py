@@ -18,7 +18,7 @@ from ingestion.common import cli  # noqa: F401
 from ingestion.openai_api import embeddings  # noqa: F401
 from ingestion.openai_api.embeddings import tls_context, warm_up
 from ingestion.run import job  # noqa: F401  (and with it the whole pipeline)
-from ingestion.run import worker  # noqa: F401
+from ingestion.run import children, worker  # noqa: F401
 from ingestion.storage import lent_store  # noqa: F401
 from ingestion.text.chunking import encoding
 from ingestion.tracking import status  # noqa: F401

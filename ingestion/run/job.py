@@ -51,6 +51,16 @@ class StopFlag:
         return self.signal is not None
 
 
+def join_all(threads: list[threading.Thread]) -> None:
+    """Wait for threads in short slices. The kernel hands a process's SIGTERM to any of its threads, and
+    Python runs the handler only in the main thread, once that thread is back in the interpreter: a main
+    thread in a bare join() left a deploy's SIGTERM unseen until the threads ended (a whole slow request,
+    with GRACE_SECONDS never counted)."""
+    for t in threads:
+        while t.is_alive():
+            t.join(0.1)
+
+
 def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFlag,
          report: Callable[[int, str, str], None], link=None) -> int:
     """Claim and ingest up to `budget` files (FILE_CONCURRENCY at a time when there are several) in this
@@ -96,8 +106,7 @@ def work(cfg: Config, owner_pid: int, budget: int, held: set[str], stop: StopFla
         threads = [threading.Thread(target=loop) for _ in range(max(1, min(cfg.file_concurrency, budget)))]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        join_all(threads)
     return ending[0]
 
 

@@ -149,8 +149,7 @@ def run(cfg: Config, max_iterations: int, stop: job.StopFlag) -> int:
         threads = [threading.Thread(target=_lane, args=(r, launcher), name=f"lane-{n}") for n in range(lanes)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        job.join_all(threads)
     code = EXIT_INTERRUPTED if stop() else r.code
     with state.transaction(cfg) as (q, _):  # (and the checkpoint's journal folded into checkpoint.json)
         counts = file_queue.counts(q)

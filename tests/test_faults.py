@@ -237,7 +237,8 @@ def test_partial_headers_still_pace(project, api, rate_limit_headers, which):
 def test_a_429_that_names_the_limit_teaches_it(tmp_path):
     """No headers, but OpenAI's 429 says "on tokens per min (TPM): Limit N": the pacer takes N as the
     limit, unless the server already admitted more of ours in the window than N (then not believed)."""
-    from ingestion.openai_api.pacing import Pacer, stated_limits
+    from ingestion.openai_api.pacing import Pacer
+    from ingestion.openai_api.rate_limits import stated_limits
 
     def body(limit):
         return json.dumps({"error": {"type": "tokens", "message": (
@@ -269,7 +270,8 @@ def test_the_window_is_read_from_the_reset_headers(tmp_path):
     """x-ratelimit-reset-* is the time to refill what is used at the limit per window: with the limit and
     what remains it gives the window (OpenAI's 60 s; 12 s here). Until an answer says it, or where no
     answer does, the window given to the Pacer (RATE_LIMIT_WINDOW_SECONDS) holds."""
-    from ingestion.openai_api.pacing import Pacer, read_limits, window_of
+    from ingestion.openai_api.pacing import Pacer
+    from ingestion.openai_api.rate_limits import read_limits, window_of
 
     def headers(limit, remaining, reset):
         return {"x-ratelimit-limit-tokens": str(limit), "x-ratelimit-remaining-tokens": str(remaining),

@@ -6,8 +6,9 @@
         --work /tmp/scale-bench/work --keep /tmp/scale-bench/fills --label embedded
 
 For each N of --sizes:
-1. fill: a fresh embedded Chroma store (a folder) with N random 1536-d vectors in the project's own
-   format. The format is not written down here: one small transcript is first ingested into the
+1. fill: a fresh embedded Chroma store (a folder) with N random vectors in the project's own
+   format, of the probe collection's size (1536 on the defaults; EMBEDDING_DIMENSIONS in the
+   environment makes the probe, so the whole run, use another). The format is not written down here: one small transcript is first ingested into the
    fresh store by the real scripts (generate_file_queue.py, process_queue_worker.py), which create
    and stamp the collection as the pipeline does; the filler reads that collection back (its name,
    record, one chunk's id and metadata, one record of the `<name>_files` collection) and clones the
@@ -28,6 +29,10 @@ For each N of --sizes:
 3. the operator commands on the store (N + the files): `process_queue_worker.py --status`,
    `optimize_chromadb.py --dry-run`, `generate_file_queue.py --prune --dry-run`, one
    `query_chromadb.py` question: wall seconds each.
+--memory-limit-mb M: the capacity plan (`generate_file_queue.py --dry-run`, before the queue is made)
+and the worker run inside a cgroup memory group limited to M MB (bench/capacity_plan.py's; root,
+cgroup v1 or v2): its OOM kills and peak charge are recorded, and the plan's projection (vectors, the
+worker's RAM) is set beside the store that results (count) and the worker's peak RSS.
 --server: the same against a `chroma run` server on a copy of the filled folder (the Chroma server's
 peak RSS and CPU too). --profile: the worker runs under bench/server_mode.py's store-call profiler
 (every Store method and Chroma call timed) and the per-file table is printed and saved.
@@ -37,6 +42,7 @@ Prints a Markdown table; the raw numbers go to bench/results/scale-<label>.json 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -76,7 +82,6 @@ PROFILER = BENCH / "server_mode.py"  # --profile: its --worker-profile runs the 
 # ----------------------------------------------------------------------------------------------------
 
 KEY = "sk-bench-000000000000"
-DIMS = 1536
 QUESTION = "What did the Solicitor General argue about the individual mandate?"
 
 
@@ -105,7 +110,8 @@ def fill_store(folder: Path, n: int, batch: int, seed: int) -> dict:
         sys.exit(f"expected one stamped collection in the probe store, found {sorted(cols)}")
     chunks = client.get_collection(ours[0].name, embedding_function=None)
     files = client.get_collection(ours[0].name + "_files", embedding_function=None)
-    probe = chunks.get(include=["metadatas", "documents"])
+    probe = chunks.get(include=["metadatas", "documents", "embeddings"])
+    dims = len(probe["embeddings"][0])
     probe_files = files.get(include=["metadatas", "documents", "embeddings"])
     template = probe["metadatas"][0]
     for i, m in zip(probe["ids"], probe["metadatas"]):  # the id format, as the pipeline makes it
@@ -135,7 +141,7 @@ def fill_store(folder: Path, n: int, batch: int, seed: int) -> dict:
         k = len(pending["ids"])
         if not k:
             return
-        vecs = nrng.standard_normal((k, DIMS), dtype=np.float32)
+        vecs = nrng.standard_normal((k, dims), dtype=np.float32)
         vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
         chunks.add(ids=pending["ids"], embeddings=vecs, documents=pending["documents"], metadatas=pending["metadatas"])
         for v in pending.values():
@@ -185,7 +191,7 @@ def fill_store(folder: Path, n: int, batch: int, seed: int) -> dict:
     flush_chunks()
     flush_files()
     return {"collection": chunks.name, "record": dict(chunks.metadata or {}), "chunks_per_file": per_file,
-            "filler_files": nfiles, "template_metadata": template, "template_id": probe["ids"][0],
+            "filler_files": nfiles, "dims": dims, "template_metadata": template, "template_id": probe["ids"][0],
             "count": chunks.count(), "files_count": files.count()}
 
 
@@ -198,8 +204,22 @@ def reopen(folder: Path) -> dict:
     client = chromadb.PersistentClient(path=str(folder / "db"), settings=Settings(anonymized_telemetry=False))
     col = [c for c in client.list_collections() if (c.metadata or {}).get("made_by")][0]
     col = client.get_collection(col.name, embedding_function=None)
-    col.query(query_embeddings=np.ones((1, DIMS), dtype=np.float32), n_results=1)
+    dims = len(col.get(limit=1, include=["embeddings"])["embeddings"][0])
+    col.query(query_embeddings=np.ones((1, dims), dtype=np.float32), n_results=1)
     return {"count": col.count()}
+
+
+def set_hnsw(folder: Path, spec: str) -> None:
+    """Change the copied store's collection HNSW settings that Chroma lets change (batch_size, sync_threshold,
+    ef_search, ...): spec like "sync_threshold=100000,batch_size=1000"."""
+    import chromadb
+    from chromadb.config import Settings
+
+    client = chromadb.PersistentClient(path=str(folder / "db"), settings=Settings(anonymized_telemetry=False))
+    col = [c for c in client.list_collections() if (c.metadata or {}).get("made_by")][0]
+    hnsw = {k: int(v) for k, v in (x.split("=") for x in spec.split(","))}
+    client.get_collection(col.name, embedding_function=None).modify(configuration={"hnsw": hnsw})
+    print(f"  hnsw of {col.name}: {client.get_collection(col.name).configuration_json.get('hnsw')}", flush=True)
 
 
 # ---- measuring processes ---------------------------------------------------------------------------
@@ -288,12 +308,14 @@ def reap_orphans(keep: set[int], timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def measured(argv: list[str], env: dict, log: Path, keep: set[int], timeout: float) -> dict:
-    """Run argv to its end: wall, CPU of its tree, peak RSS; its output in log.out/.err."""
+def measured(argv: list[str], env: dict, log: Path, keep: set[int], timeout: float, group=None) -> dict:
+    """Run argv to its end (inside the memory group, if one is given): wall, CPU of its tree, peak RSS; its
+    output in log.out/.err."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
     with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=err, cwd=log.parent)
+        start = group.popen if group is not None else subprocess.Popen
+        proc = start(argv, env=env, stdout=out, stderr=err, cwd=log.parent)
         sampler = Sampler(proc.pid)
         sampler.start()
         try:
@@ -423,7 +445,8 @@ def measure(n: int, mode: str, args, api, work: Path, corpus: Path, keep_pids: s
     api_env.update({"OPENAI_API_KEY": api.api_key, "OPENAI_BASE_URL": api.base_url})
     if args.capacity_check:
         api_env["CAPACITY_CHECK"] = args.capacity_check
-    fill_dir = (args.keep or work) / f"fill-{n}"
+    dims = os.environ.get("EMBEDDING_DIMENSIONS")
+    fill_dir = (args.keep or work) / (f"fill-{n}-d{dims}" if dims else f"fill-{n}")
     fill = make_fill(fill_dir, n, args, api_env)
     run = work / f"{mode}-{n}"
     if run.exists():
@@ -433,6 +456,8 @@ def measure(n: int, mode: str, args, api, work: Path, corpus: Path, keep_pids: s
     shutil.copytree(fill_dir / "db", run / "db")
     copy_s = time.monotonic() - t
     (run / "db" / ".ingestion.lock").unlink(missing_ok=True)
+    if args.hnsw:
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--set-hnsw", str(run), args.hnsw], check=True)
     env = {**api_env, "TRANSCRIPTS_DIR": str(corpus), "CHECKPOINT_DIR": str(run / "ck"), "MAX_ITERATIONS": "0"}
     chroma = None
     if mode == "server":
@@ -443,12 +468,31 @@ def measure(n: int, mode: str, args, api, work: Path, corpus: Path, keep_pids: s
     else:
         env["CHROMA_PATH"] = str(run / "db")
     result = {"n": n, "mode": mode, "fill": fill, "copy_s": copy_s, "uptime_before": uptime()}
+    box = contextlib.ExitStack()
     try:
+        group = None
+        if args.memory_limit_mb:
+            import capacity_plan
+
+            group = box.enter_context(capacity_plan.memory_group(f"scale-bench-{os.getpid()}",
+                                                                 args.memory_limit_mb * 2**20))
+            if group is None:
+                sys.exit("--memory-limit-mb: no memory group could be made here (root and a cgroup memory "
+                         "controller are needed)")
+            plan = measured(script("queue", "--dry-run"), env, run / "plan", keep_pids, args.tool_timeout, group)
+            result["plan"] = {**plan, **read_plan((run / "plan.out").read_text())}
+            print("  " + "\n  ".join(result["plan"]["lines"]), flush=True)
         result["queue"] = measured(script("queue"), env, run / "queue", keep_pids, args.tool_timeout)
         worker_argv = script("worker")
         if args.profile:
             worker_argv = [sys.executable, str(PROFILER), "--worker-profile", str(run / "store-calls.jsonl")]
-        w = measured(worker_argv, env, run / "worker", keep_pids, args.tool_timeout)
+        w = measured(worker_argv, env, run / "worker", keep_pids, args.tool_timeout, group)
+        if group is not None:
+            result["memory_group"] = {"limit_mb": args.memory_limit_mb, "kind": group.kind,
+                                      "oom_kills": group.oom_kills(), "peak_charge_mb": (group.peak_bytes() or 0) / 2**20,
+                                      "stat_after": group.stat()}
+            print(f"  memory group {args.memory_limit_mb} MB ({group.kind}): oom_kill {group.oom_kills()}, "
+                  f"peak charge {(group.peak_bytes() or 0) / 2**20:,.0f} MB", flush=True)
         out = (run / "worker.out").read_text()
         err = (run / "worker.err").read_text()
         if w["rc"] != 0 or f"{args.files} files run ({args.files} completed)" not in out:
@@ -459,6 +503,17 @@ def measure(n: int, mode: str, args, api, work: Path, corpus: Path, keep_pids: s
         w["per_file_wall_s"] = w["wall_s"] / args.files
         w["per_file_cpu_s"] = w["cpu_s"] / args.files
         result["worker"] = w
+        if "plan" in result:
+            count = json.loads(subprocess.run([sys.executable, str(Path(__file__).resolve()), "--reopen", str(run)],
+                                              text=True, stdout=subprocess.PIPE).stdout.strip().splitlines()[-1])["count"] \
+                if mode == "embedded" else None
+            p = result["plan"]
+            result["projection"] = {"vectors_planned": p["vectors"], "vectors_stored": count,
+                                    "worker_mb_planned": p["worker_mb"], "worker_peak_mb": w["peak_rss_mb"],
+                                    "vectors_error": (p["vectors"] / count - 1) if count else None,
+                                    "worker_error": p["worker_mb"] / w["peak_rss_mb"] - 1 if p["worker_mb"] else None}
+            print(f"  projection: {p['vectors']:,} vectors planned, {count or 0:,} stored; worker ~{p['worker_mb'] or 0:,.0f} "
+                  f"MB planned, peak {w['peak_rss_mb']:,.0f} MB", flush=True)
         if chroma is not None:
             result["chroma_server_after_worker"] = {"cpu_s": cpu_seconds(chroma.pid) - chroma_cpu0,
                                                     "peak_rss_mb": status_kb(chroma.pid, "VmHWM") / 1024}
@@ -482,6 +537,8 @@ def measure(n: int, mode: str, args, api, work: Path, corpus: Path, keep_pids: s
     finally:
         if chroma is not None:
             stop(chroma)
+        reap_orphans(keep_pids)
+        box.close()
     result["uptime_after"] = uptime()
     print(f"N={n:,} {mode}: worker {w['wall_s']:.1f} s wall, {w['cpu_s']:.1f} s CPU, peak RSS "
           f"{w['peak_rss_mb']:.0f} MB (tree {w['tree_peak_rss_mb']:.0f} MB); {uptime()}", flush=True)
@@ -492,23 +549,37 @@ def measure(n: int, mode: str, args, api, work: Path, corpus: Path, keep_pids: s
     return result
 
 
+def read_plan(out: str) -> dict:
+    """The capacity plan's figures as generate_file_queue.py --dry-run prints them (ingestion/run/capacity.py)."""
+    lines = [x for x in out.splitlines() if x.startswith(("capacity plan:", "  "))]
+    vectors = re.search(r"store after the queue: ([\d,]+) vectors", out)
+    worker = re.search(r"worker ~([\d,]+) MB", out)
+    run = re.search(r"whole run ~([\d,]+) MB", out)
+    num = (lambda m: int(m.group(1).replace(",", "")) if m else None)
+    return {"lines": lines, "vectors": num(vectors), "worker_mb": num(worker), "run_mb": num(run),
+            "fits": "does NOT fit" not in out}
+
+
 def table(rows: list[dict]) -> str:
     base = {}
     for r in rows:
         if r["n"] == 0:
             base[r["mode"]] = r["worker"]
     head = ["| mode | N | fill s | per-file wall s (ratio) | per-file CPU s (ratio) | worker peak RSS MB "
-            "| disk B/vector | status s | optimize s | prune dry-run s | query s | chroma server peak RSS MB |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| disk B/vector | status s | optimize s | prune dry-run s | query s | chroma server peak RSS MB | OOM kills (group limit) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         w, b = r["worker"], base.get(r["mode"])
         ratio = (lambda k: f" ({w[k] / b[k]:.2f}x)" if b and b[k] else "")
         disk = f"{r['fill']['store_bytes'] / r['n']:,.0f}" if r["n"] else "–"
         t = (lambda k: f"{r[k]['wall_s']:.1f}" if r[k]["rc"] == 0 else f"{r[k]['wall_s']:.1f} ({r[k]['rc']})")
         server = f"{r['chroma_server']['peak_rss_mb']:,.0f}" if "chroma_server" in r else "–"
-        head.append(f"| {r['mode']} | {r['n']:,} | {r['fill']['fill_s']:.0f} | {w['per_file_wall_s']:.3f}{ratio('per_file_wall_s')} "
+        group = r.get("memory_group")
+        box = f"{group['oom_kills']} ({group['limit_mb']:,} MB)" if group else "–"
+        mode = r["mode"] + (f" {r['fill']['dims']}d" if r["fill"].get("dims", 1536) != 1536 else "")
+        head.append(f"| {mode} | {r['n']:,} | {r['fill']['fill_s']:.0f} | {w['per_file_wall_s']:.3f}{ratio('per_file_wall_s')} "
                     f"| {w['per_file_cpu_s']:.3f}{ratio('per_file_cpu_s')} | {w['peak_rss_mb']:,.0f} | {disk} "
-                    f"| {t('status')} | {t('optimize_dry_run')} | {t('prune_dry_run')} | {t('query')} | {server} |")
+                    f"| {t('status')} | {t('optimize_dry_run')} | {t('prune_dry_run')} | {t('query')} | {server} | {box} |")
     return "\n".join(head)
 
 
@@ -525,16 +596,24 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true", help="time the worker's store calls (bench/server_mode.py)")
     ap.add_argument("--capacity-check", choices=["refuse", "warn"],
                     help="CAPACITY_CHECK for the runs (default: unset, the project's default)")
+    ap.add_argument("--memory-limit-mb", type=int,
+                    help="run the plan and the worker in a cgroup memory group of this many MB (root)")
     ap.add_argument("--tool-timeout", type=float, default=1800, help="seconds any one measured command may take")
     ap.add_argument("--work", type=Path, help="folder for corpus, runs, logs (default: a new temp folder)")
     ap.add_argument("--keep", type=Path, help="keep the filled stores here (DIR/fill-N) and reuse them")
     ap.add_argument("--keep-runs", action="store_true", help="keep each run's store copy")
     ap.add_argument("--label", default="embedded", help="results go to bench/results/scale-LABEL.json")
+    ap.add_argument("--hnsw", help="change the copied store's HNSW settings before the run, e.g. "
+                    "sync_threshold=100000,batch_size=1000 (those Chroma lets change)")
+    ap.add_argument("--set-hnsw", nargs=2, metavar=("FOLDER", "SPEC"), help=argparse.SUPPRESS)
     ap.add_argument("--fill", nargs=2, metavar=("FOLDER", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--reopen", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.fill:
         print(json.dumps(fill_store(Path(args.fill[0]), int(args.fill[1]), args.batch, args.seed)), flush=True)
+        return 0
+    if args.set_hnsw:
+        set_hnsw(Path(args.set_hnsw[0]), args.set_hnsw[1])
         return 0
     if args.reopen:
         print(json.dumps(reopen(args.reopen)), flush=True)
@@ -559,7 +638,7 @@ def main(argv=None) -> int:
                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "mem_total_kb": status_kb_meminfo()},
                "settings": {"files": args.files, "size_kb": args.size_kb, "latency_ms": args.latency_ms,
-                            "seed": args.seed, "batch": args.batch, "subreaper": subreaper,
+                            "seed": args.seed, "batch": args.batch, "hnsw": args.hnsw, "subreaper": subreaper,
                             "capacity_check": args.capacity_check or "(unset: project default)",
                             "project_settings_in_env": {k: v for k, v in os.environ.items() if k in PROJECT_KEYS}},
                "chromadb": chromadb_version(), "rows": []}

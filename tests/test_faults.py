@@ -234,6 +234,29 @@ def test_partial_headers_still_pace(project, api, rate_limit_headers, which):
     assert elapsed < W + 2 * W / 3, (elapsed, stats)
 
 
+def test_remaining_only_never_takes_the_limit_for_more_than_it_is(tmp_path):
+    """Azure-style answers (remaining, no limit): the most ever free stands in for the limit. Of two attempts
+    side by side, the one that left second may reach the server first (threads on a busy machine); its
+    remaining then lacks the first one, which must not be counted as if it were in it: the stand-in grew
+    past the limit by that attempt, for good, and the window was overfilled ever after (2 x 429 in the
+    remaining-only pacing test, about one run in fifteen)."""
+    from ingestion.openai_api.pacing import Pacer
+
+    limit, path = 36_000, tmp_path / "pace.json"
+    pacer = Pacer(path)
+
+    def answer(ident, remaining):
+        pacer.after(ident, 200, {"x-ratelimit-remaining-tokens": str(remaining), "x-ratelimit-remaining-requests": "999"})
+
+    answer(pacer.before(1_000), limit - 1_000)  # one alone first: the server said what remains
+    first, second = pacer.before(4_000), pacer.before(3_000)
+    answer(second, limit - 1_000 - 3_000)  # the second reached the server first
+    answer(first, limit - 8_000)
+    tokens = json.loads(path.read_text())["kinds"]["tokens"]
+    assert tokens["learned"] == limit, tokens  # (40,000 before: the first attempt counted twice)
+    assert tokens["cap"] <= limit, tokens
+
+
 def test_a_429_that_names_the_limit_teaches_it(tmp_path):
     """No headers, but OpenAI's 429 says "on tokens per min (TPM): Limit N": the pacer takes N as the
     limit, unless the server already admitted more of ours in the window than N (then not believed)."""

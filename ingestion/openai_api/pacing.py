@@ -339,11 +339,15 @@ class Pacer:
             cap = remaining + counted
             if k["limit"] is not None:
                 cap = min(cap, k["limit"])
+            else:  # remaining only: the most ever surely free stands in for the limit. Surely: an attempt of
+                # ours that left before this one may have reached the server after it (threads side by side
+                # on a busy machine), and then is not in this remaining; counted as if it were, the stand-in
+                # grew past the limit by it for good, and the window was overfilled ever after (429s)
+                k["learned"] = max(k["learned"] or 0, remaining + sure)
+                cap = min(cap, k["learned"])
             if now >= k["cap_at"]:
                 horizon = w if reset is None else min(w, reset + 0.5)
                 k.update(cap=cap, cap_at=now, cap_until=now + horizon)
-            if k["limit"] is None:  # remaining only: the most ever free stands in for the limit
-                k["learned"] = max(k["learned"] or 0, cap)
             return
         if status == 429 and limited:
             # no word on what remains: the window is full; what we surely had in it fits

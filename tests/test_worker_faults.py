@@ -53,6 +53,29 @@ if os.environ.get("EXIT_255_QUEUE"):
 """
 
 
+# sitecustomize for a worker whose fork server's exit is read by something else in the process (os.waitpid
+# of its pid) before multiprocessing reads it: under multiprocessing's own lock, so that it cannot get there first
+REAP_FORK_SERVER = """
+import os, signal, sys, threading, time
+
+def _kill_and_reap_the_fork_server():
+    from multiprocessing import forkserver
+    if not sys.argv[0].endswith("process_queue_worker.py"):
+        return
+    while True:
+        server = getattr(forkserver, "_forkserver", None)
+        if server is not None and server._forkserver_pid:
+            with server._lock:
+                os.kill(server._forkserver_pid, signal.SIGKILL)
+                os.waitpid(server._forkserver_pid, 0)
+            return
+        time.sleep(0.01)
+
+if os.environ.pop("REAP_FORK_SERVER", None):
+    threading.Thread(target=_kill_and_reap_the_fork_server, daemon=True).start()
+"""
+
+
 def fill(project: Project) -> list[str]:
     return [str(project.add(name, text)) for name, text in FILES.items()]
 
@@ -184,6 +207,28 @@ def test_a_fork_server_lost_again_before_a_file_is_done_stops_the_run_with_9(pro
     api.set_faults(latency_ms=0)
     r = project.run("process_queue_worker.py", MAX_ITERATIONS="0")
     assert r.returncode == 0, r.stdout + r.stderr
+    assert_all_completed(project, paths)
+
+
+def test_a_fork_server_whose_exit_was_read_elsewhere_is_replaced_not_retried_forever(project, api, tmp_path):
+    """CPython reads its dead fork server's exit before it starts another; when something else in the worker
+    read it first, every start of a child failed (ECHILD) and the worker retried it forever: found as an
+    orphaned worker spinning at 55% CPU for 38 minutes, deaf to SIGTERM. Now the dead server is forgotten and
+    a new one started (and a child that cannot be started after a few new servers stops the run, exit 9)."""
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(REAP_FORK_SERVER)
+    paths = [str(project.add(f"t{n}.txt", SAMPLE_TRANSCRIPT.replace("harbour", f"harbour {n}"))) for n in range(3)]
+    project.run("generate_file_queue.py")
+    worker = start_worker(project, PYTHONPATH=str(tmp_path / "hook"), REAP_FORK_SERVER="1")
+    try:
+        out, err = worker.communicate(timeout=120)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, (out, err[-3000:])
+    assert re.search(r"the fork server \(pid \d+\) is gone", err), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
     assert_all_completed(project, paths)
 
 

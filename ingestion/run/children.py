@@ -6,6 +6,7 @@ fork server told from a child's own exit (ForkServerLost).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -111,6 +112,20 @@ def fork_server_pid() -> int | None:
     return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
 
 
+def _forget_fork_server() -> None:
+    """Make CPython start a new fork server at the next child. It reads its dead server's exit status with
+    waitpid before starting another; when something else in the process read it first, that waitpid fails
+    (ECHILD) at every start, and without this the worker would try to start a child forever."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None:
+        return
+    with contextlib.suppress(OSError, TypeError):
+        os.close(server._forkserver_alive_fd)
+    server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+
+
 def child_exit(proc, timeout: float | None) -> int | None:
     """The child's exit code, waiting up to timeout seconds (None: until it exits); None while it runs."""
     from multiprocessing.connection import wait
@@ -131,6 +146,7 @@ class ForkLauncher:
 
     shares_store = True
     LOST_IN_A_ROW = 2  # fork servers lost with no file done in between: the run stops
+    START_TRIES = 4  # starts of one child that fail, each with a new fork server: the run stops (never a spin)
 
     def __init__(self, cfg: Config, start: bool = True):
         from multiprocessing import forkserver
@@ -190,6 +206,7 @@ class ForkLauncher:
         """Start a child: make() returns (the process, its pipes). Returns them and the pid of the fork server
         that forked it. A server found dead, idle or while it starts the child, is said once and replaced;
         lost again before a file was done: ForkServerLost."""
+        tries = 0
         while True:
             previous = fork_server_pid()
             if previous is not None and not procinfo.pid_alive(previous):
@@ -217,8 +234,14 @@ class ForkLauncher:
                 conn.close()
             if server is None:
                 raise ForkServerLost(f"cannot start the fork server: {failed}")
-            if not self._server_gone(server):
+            if isinstance(failed, ChildProcessError):  # its exit was read elsewhere: CPython would never start another
+                self._lost_server(server)
+                _forget_fork_server()
+            elif not self._server_gone(server):
                 raise failed
+            tries += 1
+            if tries >= self.START_TRIES:
+                raise ForkServerLost(f"cannot start a child: the fork server failed {tries} times in a row ({failed!r})")
 
     def _server_gone(self, server: int | None) -> bool:
         """After CPython said 255 (a child's exit status, or the server's pipe closed): True when the fork server

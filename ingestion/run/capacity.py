@@ -48,9 +48,12 @@ WORKER_BASE_BYTES = 130 * MB  # the worker with its store open, before any vecto
 FORK_SERVER_BYTES = 100 * MB  # the fork server's own pages (measured with the children: group peak - worker)
 CHILD_BYTES = 10 * MB  # each child's pages beyond those it shares with the fork server
 SERVER_BASE_BYTES = 200 * MB  # a `chroma run` server with an empty store (a guess: not measured)
-# disk: REFERENCE, 200,000 vectors x 1536 dims of real text: 3.2 GB (16 KB a vector); not re-measured
-DISK_BYTES_PER_DIMENSION = 4.5  # the vector in the HNSW files and in the log, until it is purged
-DISK_BYTES_PER_VECTOR = 9_000  # text, metadata and their indexes (full text too), the link lists
+# disk: bench/scale.py (bench/RESULTS.md, "Scale"): a store of 100,035 vectors x 1536 dims in the project's
+# format (chunk text of the real transcripts' lengths, its metadata, file records) took 2,122,234,114 bytes,
+# 21.2 KB a vector (REFERENCE's 200,000-vector store, 16 KB a vector, held shorter texts); the log keeps
+# at most sync_threshold (1,000) vectors, so the vector's own share is the HNSW file's
+DISK_BYTES_PER_DIMENSION = 4.5  # the vector's floats in the HNSW files (and in the log, until it is purged)
+DISK_BYTES_PER_VECTOR = 14_300  # text, metadata and their indexes (full-text too), the link lists
 DISK_BASE_BYTES = 8 * MB
 # bytes of text after cleanup a chunk (500 tokens, 50 of overlap): the real transcripts 1,735 (467,903 bytes,
 # 213,391 after cleanup, 123 chunks), synthetic plain ones 1,374 (bench/make_corpus.py, 60 KB files): the

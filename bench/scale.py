@@ -518,7 +518,7 @@ def measure(n: int, mode: str, args, api, work: Path, corpus: Path, keep_pids: s
             result["chroma_server_after_worker"] = {"cpu_s": cpu_seconds(chroma.pid) - chroma_cpu0,
                                                     "peak_rss_mb": status_kb(chroma.pid, "VmHWM") / 1024}
         result["store_bytes_after"] = du_bytes(run / "db") if mode == "embedded" else None
-        for name, argv in (("status", script("worker", "--status")),
+        for name, argv in () if args.skip_tools else (("status", script("worker", "--status")),
                            ("optimize_dry_run", script("optimize", "--dry-run")),
                            ("prune_dry_run", script("queue", "--prune", "--dry-run")),
                            ("query", script("query", "-k", "5", QUESTION))):
@@ -572,7 +572,7 @@ def table(rows: list[dict]) -> str:
         w, b = r["worker"], base.get(r["mode"])
         ratio = (lambda k: f" ({w[k] / b[k]:.2f}x)" if b and b[k] else "")
         disk = f"{r['fill']['store_bytes'] / r['n']:,.0f}" if r["n"] else "–"
-        t = (lambda k: f"{r[k]['wall_s']:.1f}" if r[k]["rc"] == 0 else f"{r[k]['wall_s']:.1f} ({r[k]['rc']})")
+        t = (lambda k: "–" if k not in r else f"{r[k]['wall_s']:.1f}" if r[k]["rc"] == 0 else f"{r[k]['wall_s']:.1f} ({r[k]['rc']})")
         server = f"{r['chroma_server']['peak_rss_mb']:,.0f}" if "chroma_server" in r else "–"
         group = r.get("memory_group")
         box = f"{group['oom_kills']} ({group['limit_mb']:,} MB)" if group else "–"
@@ -603,6 +603,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=Path, help="keep the filled stores here (DIR/fill-N) and reuse them")
     ap.add_argument("--keep-runs", action="store_true", help="keep each run's store copy")
     ap.add_argument("--label", default="embedded", help="results go to bench/results/scale-LABEL.json")
+    ap.add_argument("--skip-tools", action="store_true", help="measure the worker only, not the operator commands")
     ap.add_argument("--hnsw", help="change the copied store's HNSW settings before the run, e.g. "
                     "sync_threshold=100000,batch_size=1000 (those Chroma lets change)")
     ap.add_argument("--set-hnsw", nargs=2, metavar=("FOLDER", "SPEC"), help=argparse.SUPPRESS)

@@ -251,6 +251,26 @@ def test_a_child_that_exits_255_is_not_taken_for_a_lost_fork_server(project, api
 
 
 # ---- deploys: the worker's own kills ------------------------------------------------------------
+def deploy_during_a_slow_request(project: Project, api, fork_server: bool, send_signal):
+    """A worker (GRACE_SECONDS 2) whose file's first request hangs 30 s at the server; once a child holding the
+    file has sent that request, send_signal(worker). Returns its exit code, stdout, stderr and the seconds
+    from the signal to its exit."""
+    before = api.stats()["requests"]  # (an earlier deploy's hung request may still be in flight at the server)
+    api.set_faults(fail_next=[{"action": "hang", "seconds": 30}])
+    worker = start_worker(project, fork_server=fork_server, GRACE_SECONDS="2", OPENAI_TIMEOUT="60")
+    try:
+        wait_for(lambda: api.stats()["requests"] > before and holding_child(project), 120,
+                 "the file's first request at the server, from a child holding the file", worker)
+        started = time.monotonic()
+        send_signal(worker)
+        out, err = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    return worker.returncode, out, err, time.monotonic() - started
+
+
 @pytest.mark.parametrize("fork_server", [True, False], ids=["fork-server", "no-fork-server"])
 def test_two_deploys_during_a_slow_request_release_the_file_unsplit(project, api, fork_server):
     """SIGTERM, then the worker's SIGKILL after GRACE_SECONDS while a request waits: twice. A kill the worker
@@ -258,16 +278,10 @@ def test_two_deploys_during_a_slow_request_release_the_file_unsplit(project, api
     path = str(project.add("talk.txt", SAMPLE_TRANSCRIPT * 8))  # well under SPLIT_MIN_BYTES
     project.run("generate_file_queue.py")
     for deploy in range(2):
-        before = api.stats()["requests"]  # (the last deploy's hung request is still in flight at the server)
-        api.set_faults(fail_next=[{"action": "hang", "seconds": 30}])  # the file's first request hangs
-        worker = start_worker(project, fork_server=fork_server, GRACE_SECONDS="2", OPENAI_TIMEOUT="60")
-        wait_for(lambda: api.stats()["requests"] > before and holding_child(project), 120,
-                 "the file's first request at the server, from a child holding the file", worker)
-        started = time.monotonic()
-        worker.send_signal(signal.SIGTERM)
-        out, err = worker.communicate(timeout=60)
-        assert time.monotonic() - started < 20, ("the worker did not kill its child after GRACE_SECONDS", err[-3000:])
-        assert worker.returncode == 7, out + err
+        rc, out, err, took = deploy_during_a_slow_request(project, api, fork_server,
+                                                          lambda worker: worker.send_signal(signal.SIGTERM))
+        assert took < 20, ("the worker did not kill its child after GRACE_SECONDS", err[-3000:])
+        assert rc == 7, out + err
         assert "still busy 2s after SIGTERM (GRACE_SECONDS): killing it" in err, err[-3000:]  # it did kill it
         assert "GRACE_SECONDS=2 is not longer than OPENAI_TIMEOUT=60" in err
         assert "(SIGKILL); requeued" not in err and "out of memory" not in err, err[-3000:]
@@ -307,21 +321,10 @@ def test_a_deploy_signal_the_kernel_hands_to_another_thread_still_stops_the_run(
     the two-deploys test below failed so in about one run of ten.)"""
     path = str(project.add("talk.txt", SAMPLE_TRANSCRIPT * 8))
     project.run("generate_file_queue.py")
-    before = api.stats()["requests"]
-    api.set_faults(fail_next=[{"action": "hang", "seconds": 30}])
-    worker = start_worker(project, fork_server=fork_server, GRACE_SECONDS="2", OPENAI_TIMEOUT="60")
-    try:
-        wait_for(lambda: api.stats()["requests"] > before and holding_child(project), 120,
-                 "the file's first request at the server, from a child holding the file", worker)
-        started = time.monotonic()
-        signal_a_thread(worker.pid, signal.SIGTERM)
-        out, err = worker.communicate(timeout=60)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.communicate()
-    assert time.monotonic() - started < 20, ("the SIGTERM was not seen", err[-3000:])
-    assert worker.returncode == 7, out + err
+    rc, out, err, took = deploy_during_a_slow_request(project, api, fork_server,
+                                                      lambda worker: signal_a_thread(worker.pid, signal.SIGTERM))
+    assert took < 20, ("the SIGTERM was not seen", err[-3000:])
+    assert rc == 7, out + err
     assert "still busy 2s after SIGTERM (GRACE_SECONDS): killing it" in err, err[-3000:]
     q = project.queue
     assert q["pending"] == [path] and q["processing"] == q["failed"] == [], q

@@ -135,7 +135,7 @@ def memory_group(name: str, limit_bytes: int):
 
 
 # ---- a store in the project's format, filled cheaply -------------------------------------------
-def _tool_env(api, **extra) -> dict:
+def tool_env(api, **extra) -> dict:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TIKTOKEN_CACHE_DIR": os.environ["TIKTOKEN_CACHE_DIR"],
             "OPENAI_API_KEY": api.api_key, "OPENAI_BASE_URL": api.base_url, **extra}
 
@@ -153,7 +153,7 @@ def seed_store(work: Path, api, dims: int) -> Path:
     tx.mkdir(parents=True)
     for p in sorted((ROOT / "tests" / "fixtures" / "real").glob("*.txt")):
         shutil.copy(p, tx / p.name)
-    env = _tool_env(api, TRANSCRIPTS_DIR=str(tx), CHECKPOINT_DIR=str(base / "ck"), CHROMA_PATH=str(base / "db"),
+    env = tool_env(api, TRANSCRIPTS_DIR=str(tx), CHECKPOINT_DIR=str(base / "ck"), CHROMA_PATH=str(base / "db"),
                     EMBEDDING_DIMENSIONS=str(dims), MAX_ITERATIONS="0")
     out = subprocess.run(script("process_queue_worker.py"), env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -301,7 +301,7 @@ def point(work: Path, api, dims: int, n: int, files: int, limit: int) -> dict:
     before, index_before = index_ram(here / "db", dims)  # (also: Chroma's log applied, as a store in use has it)
     tx = here / "transcripts"
     make_files(tx, files, 60, seed=dims + n)
-    env = _tool_env(api, TRANSCRIPTS_DIR=str(tx), CHECKPOINT_DIR=str(here / "ck"), CHROMA_PATH=str(here / "db"),
+    env = tool_env(api, TRANSCRIPTS_DIR=str(tx), CHECKPOINT_DIR=str(here / "ck"), CHROMA_PATH=str(here / "db"),
                     EMBEDDING_DIMENSIONS=str(dims), MAX_ITERATIONS="0", HOME=str(here))
     dry = subprocess.run(script("generate_file_queue.py") + ["--dry-run"], env=env, capture_output=True, text=True)
     plan = plan_numbers(dry.stdout)

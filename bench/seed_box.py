@@ -34,7 +34,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from capacity_plan import memory_group  # noqa: E402
+from capacity_plan import memory_group, script, tool_env  # noqa: E402
 
 from local_openai.testing import running_server  # noqa: E402
 
@@ -64,20 +64,19 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="seed-box-"))
     corpus = work / "corpus"
     make_links(corpus, args.files)
-    worker = [sys.executable, str(ROOT / "ingestion" / "process_queue_worker.py")]
+    worker = script("process_queue_worker.py")
     queue_file = work / "ck" / "file_queue.json"
     checks: list[tuple[str, bool]] = []
     result: dict = {"files": args.files, "limit_mb": args.memory_limit_mb, "corpus_bytes": sum(
         p.stat().st_size for p in corpus.rglob("*.txt"))}
     with running_server(api_key=KEY) as api:
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TIKTOKEN_CACHE_DIR": os.environ["TIKTOKEN_CACHE_DIR"],
-               "OPENAI_API_KEY": api.api_key, "OPENAI_BASE_URL": api.base_url, "TRANSCRIPTS_DIR": str(corpus),
-               "CHECKPOINT_DIR": str(work / "ck"), "CHROMA_PATH": str(work / "db"), "MAX_ITERATIONS": "0"}
+        env = tool_env(api, TRANSCRIPTS_DIR=str(corpus), CHECKPOINT_DIR=str(work / "ck"), CHROMA_PATH=str(work / "db"),
+                       MAX_ITERATIONS="0")
         with memory_group(f"seed-box-{os.getpid()}", args.memory_limit_mb * 2**20) as group:
             if group is None:
                 sys.exit("no cgroup memory group can be made here (root and a memory controller are needed)")
             t = time.monotonic()
-            queued = group.run([sys.executable, str(ROOT / "ingestion" / "generate_file_queue.py")], env=env)
+            queued = group.run(script("generate_file_queue.py"), env=env)
             result["queue_s"] = time.monotonic() - t
             checks.append(("queue made", queued.returncode == 0))
             before = queue_file.read_text()

@@ -49,9 +49,10 @@ def free_port() -> int:
 def start_chroma(data: Path) -> tuple[subprocess.Popen, int]:
     """A `chroma run` server (from the chromadb package) on a free loopback port, once it answers."""
     port = free_port()
-    chroma = Path(sys.executable).with_name("chroma")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # as render.yaml runs it: `chroma run` with the SQLite set-up of storage/chroma_sqlite.py beside it
+    proc = subprocess.Popen([str(ROOT / "deploy" / "chroma_server.sh"), "--path", str(data), "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
     deadline = time.monotonic() + 60
     while True:
         try:

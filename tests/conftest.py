@@ -158,12 +158,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+CHROMA_SERVER = ROOT / "deploy" / "chroma_server.sh"  # render.yaml's Chroma server: `chroma run` and its SQLite set-up
+
+
+def chroma_server_env() -> dict:
+    """The environment deploy/chroma_server.sh needs: this Python's `chroma` and `python` first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+
+
 def start_chroma(data: Path, port: int | None = None) -> tuple[subprocess.Popen, dict]:
-    """A real Chroma server (`chroma run`, from the chromadb package) on a free loopback port (or on port)."""
+    """A real Chroma server (`chroma run`, from the chromadb package, as render.yaml starts it) on a free
+    loopback port (or on port)."""
     port = port or free_port()
-    chroma = Path(sys.executable).with_name("chroma")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(data), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([str(CHROMA_SERVER), "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
+                            env=chroma_server_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while True:
         try:

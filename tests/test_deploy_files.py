@@ -60,8 +60,11 @@ EXIT_SECONDS = 10
 RESERVED_PRIVATE_PORTS = {10000, 18012, 18013, 19099}
 # The environment group made in the Dashboard that holds OPENAI_API_KEY (guide, section 2).
 SECRET_GROUP = "transcripts-secrets"
-# What `chroma run` depends on: the image recipe, what the build sees, the pinned chromadb.
-CHROMA_IMAGE_INPUTS = {"Dockerfile.ingest", ".dockerignore", "requirements.ingest.txt"}
+# What the Chroma server depends on: the image recipe, what the build sees, the pinned chromadb, its start
+# script and the SQLite set-up that script runs beside `chroma run`.
+CHROMA_IMAGE_INPUTS = {"Dockerfile.ingest", ".dockerignore", "requirements.ingest.txt", "deploy/chroma_server.sh",
+                       "ingestion/storage/chroma_sqlite.py"}
+CHROMA_SERVER = "/app/deploy/chroma_server.sh"  # in the image: `chroma run` with the SQLite set-up beside it
 SECRET_KEY = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.I)
 SCRIPT_CALL = re.compile(r"\bpython3?\s+(?:/app/)?ingestion/(\w+)\.py")
 # settings the image or the helper reads besides the pipeline's own
@@ -501,22 +504,37 @@ def test_cron_runs_every_five_minutes_without_a_disk():
     assert "disk" not in cron, "cron jobs can't have a disk"
 
 
-def chroma_port() -> str:
+def chroma_options() -> dict:
+    """The options the Chroma service's command passes to `chroma run` (through deploy/chroma_server.sh)."""
     words = command_words(service("pserv")["dockerCommand"])
-    opts = dict(zip(words[2::2], words[3::2]))
-    return opts.get("--port", "")
+    assert words[0] == CHROMA_SERVER, words
+    return dict(zip(words[1::2], words[2::2]))
+
+
+def chroma_port() -> str:
+    return chroma_options().get("--port", "")
 
 
 def test_chroma_server_stores_on_its_disk():
     pserv = service("pserv")
-    words = command_words(pserv["dockerCommand"])
-    assert words[:2] == ["chroma", "run"], words
-    opts = dict(zip(words[2::2], words[3::2]))
+    opts = chroma_options()
     assert opts.get("--host") == "0.0.0.0", "the server must listen on the private network"
     assert chroma_port().isdigit() and int(chroma_port()) not in RESERVED_PRIVATE_PORTS, \
         f"port {chroma_port()} can't be used on Render's private network"
     data, mount = PurePosixPath(opts["--path"]), PurePosixPath(pserv["disk"]["mountPath"])
     assert data == mount or mount in data.parents, f"--path {data} is not on the disk at {mount}"
+
+
+def test_the_chroma_server_script_runs_chroma_with_its_options():
+    """deploy/chroma_server.sh is in the image where the command names it, and becomes `chroma run` with the
+    command's options (so the server gets Render's SIGTERM), the SQLite set-up started beside it."""
+    script = image_to_repo(CHROMA_SERVER)
+    assert script == ROOT / "deploy" / "chroma_server.sh" and script.is_file(), f"{CHROMA_SERVER} is not copied"
+    assert script.stat().st_mode & stat.S_IXUSR, "deploy/chroma_server.sh must be executable"
+    text = script.read_text()
+    assert re.search(r'^exec chroma run "\$@"$', text, re.M), "the script must exec chroma run with its arguments"
+    assert re.search(r'^python .*ingestion/storage/chroma_sqlite\.py" --wait "\$path/chroma\.sqlite3" &$', text, re.M)
+    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
 
 
 def test_chroma_server_rebuilds_only_for_what_its_image_needs():
@@ -671,8 +689,8 @@ def test_guide_shows_the_chroma_build_filter_as_it_is_in_render_yaml():
 
 def test_every_command_runs_a_script_that_exists():
     for where, command in all_commands():
-        if command.startswith("chroma run"):
-            continue
+        if command.startswith(CHROMA_SERVER):
+            continue  # runs `chroma run` (test_the_chroma_server_script_runs_chroma_with_its_options)
         scripts, _ = command_scripts(shlex.split(command))
         assert scripts, f"{where}: expected `python ingestion/<script>.py` or a script of the image, got {command!r}"
         for script in scripts:

@@ -135,7 +135,7 @@ def stored_vectors(cfg: Config, c: dict) -> int:
 
     try:
         with Store(cfg, wait=False, check=None, create=False) as store:
-            return store.count() if store.chunks is not None else 0
+            return store.opened_count
     except IngestionError:
         return recorded
 

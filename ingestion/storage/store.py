@@ -343,8 +343,18 @@ class Store:
         return f"check CHROMA_PATH={self.cfg.chroma_path} (free disk space, permissions)"
 
     def pages(self, collection=None, include=("metadatas",), where: dict | None = None) -> Iterator[dict]:
-        """A collection (default: the chunks), one page of PAGE records at a time."""
+        """A collection (default: the chunks), one page of PAGE records at a time.
+
+        A whole collection is listed by id: its ids first (one call), then each page by its ids. Chroma
+        reaches a page at an offset by reading every record before it (a page of 1,000 at offset 300,000
+        costs 0.65 s against 0.06 s by id), so pages by offset would cost the square of the store's size.
+        A filtered listing (a few records) pages by offset."""
         collection = collection if collection is not None else self.chunks
+        if where is None:
+            ids = self.call(collection.get, include=[])["ids"]
+            for n in range(0, len(ids), PAGE):  # (none for an empty collection: ids=[] would mean every id)
+                yield self.call(collection.get, ids=ids[n:n + PAGE], include=list(include))
+            return
         offset = 0
         while True:
             page = self.call(collection.get, where=where, include=list(include), limit=PAGE, offset=offset)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from conftest import ROOT
 
-STATS = ROOT / "ingestion" / "storage" / "chroma_sqlite.py"
+SCRIPT = ROOT / "ingestion" / "storage" / "chroma_sqlite.py"
 LOOKUP = ("SELECT id, embedding_id FROM embeddings WHERE segment_id = ? AND id IN "
           "(SELECT id FROM embedding_metadata WHERE key = ? AND string_value = ?) ORDER BY id LIMIT 1000")
 
@@ -51,15 +51,15 @@ def chroma_store(folder: Path, records: int = 20) -> Path:
     return folder / "chroma.sqlite3"
 
 
-def run_stats(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(STATS), *map(str, args)], capture_output=True, text=True, timeout=120)
+def set_up(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def test_without_statistics_the_lookup_reads_the_whole_segment_and_with_them_the_index(tmp_path):
     db = chroma_store(tmp_path / "store")
     with sqlite3.connect(db) as con:
         assert reads_the_whole_segment(plan(con)), plan(con)  # what a store made by Chroma alone does
-    first, again = run_stats(db), run_stats(db)
+    first, again = set_up(db), set_up(db)
     assert (first.returncode, first.stdout.strip()) == (0, "written"), first.stderr
     assert (again.returncode, again.stdout.strip()) == (0, "present"), again.stderr
     with sqlite3.connect(db) as con:
@@ -76,7 +76,7 @@ def test_a_connection_already_open_takes_the_statistics_at_its_next_statement(tm
     db = chroma_store(tmp_path / "store")
     with sqlite3.connect(db, cached_statements=0) as con:  # (a cached EXPLAIN would show the old plan)
         assert reads_the_whole_segment(plan(con))
-        assert run_stats(db).stdout.strip() == "written"
+        assert set_up(db).stdout.strip() == "written"
         con.execute("SELECT count(*) FROM segments").fetchone()  # a statement that reads (EXPLAIN does not)
         assert not reads_the_whole_segment(plan(con)), plan(con)
 
@@ -106,11 +106,11 @@ def test_what_is_not_a_chroma_database_is_left_alone(tmp_path):
     other = tmp_path / "other.sqlite3"
     with sqlite3.connect(other) as con:
         con.execute("CREATE TABLE t (a)")
-    result = run_stats(other)
+    result = set_up(other)
     assert (result.returncode, result.stdout.strip()) == (1, "not a Chroma database")
     with sqlite3.connect(other) as con:
         assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["t"]
-    missing = run_stats(tmp_path / "none.sqlite3")
+    missing = set_up(tmp_path / "none.sqlite3")
     assert (missing.returncode, missing.stdout.strip()) == (1, "no such file")
     assert not (tmp_path / "none.sqlite3").exists()
 
@@ -118,7 +118,7 @@ def test_what_is_not_a_chroma_database_is_left_alone(tmp_path):
 def test_beside_a_server_it_waits_for_the_database_then_writes(tmp_path):
     """--wait, as beside `chroma run` on a new disk: the server makes its database after it starts."""
     db = tmp_path / "store" / "chroma.sqlite3"
-    waiting = subprocess.Popen([sys.executable, str(STATS), "--wait", str(db)], stdout=subprocess.PIPE, text=True)
+    waiting = subprocess.Popen([sys.executable, str(SCRIPT), "--wait", str(db)], stdout=subprocess.PIPE, text=True)
     try:
         chroma_store(tmp_path / "store")
         out, _ = waiting.communicate(timeout=60)

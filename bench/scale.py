@@ -54,13 +54,11 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -354,30 +352,6 @@ def uptime() -> str:
 
 
 # ---- a Chroma server -------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_chroma(data: Path, log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    # as render.yaml runs it: `chroma run` with the SQLite set-up of storage/chroma_sqlite.py beside it
-    proc = subprocess.Popen([str(ROOT / "deploy" / "chroma_server.sh"), "--path", str(data), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=open(f"{log}.out", "w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
-            return proc, port
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                sys.exit(f"chroma run did not start: see {log}.out")
-            time.sleep(0.2)
-
-
 def stop(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
@@ -462,7 +436,9 @@ def measure(n: int, mode: str, args, api, work: Path, corpus: Path, keep_pids: s
     env = {**api_env, "TRANSCRIPTS_DIR": str(corpus), "CHECKPOINT_DIR": str(run / "ck"), "MAX_ITERATIONS": "0"}
     chroma = None
     if mode == "server":
-        chroma, port = start_chroma(run / "db", run / "chroma")
+        import server_mode
+
+        chroma, port = server_mode.start_chroma(run / "db", log=run / "chroma", wait_s=300)
         keep_pids = keep_pids | {chroma.pid}
         chroma_cpu0 = cpu_seconds(chroma.pid)
         env.update({"CHROMA_HOST": "127.0.0.1", "CHROMA_PORT": str(port)})

@@ -46,14 +46,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_chroma(data: Path) -> tuple[subprocess.Popen, int]:
-    """A `chroma run` server (from the chromadb package) on a free loopback port, once it answers."""
+def start_chroma(data: Path, log: Path | None = None, wait_s: float = 60) -> tuple[subprocess.Popen, int]:
+    """A Chroma server on a free loopback port, once it answers, started as render.yaml starts it:
+    deploy/chroma_server.sh, `chroma run` with the SQLite set-up of storage/chroma_sqlite.py beside it.
+    log: its output goes to LOG.out (else nowhere); wait_s: how long a big store may take to load."""
     port = free_port()
-    # as render.yaml runs it: `chroma run` with the SQLite set-up of storage/chroma_sqlite.py beside it
+    out = open(f"{log}.out", "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen([str(ROOT / "deploy" / "chroma_server.sh"), "--path", str(data), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"})
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/heartbeat", timeout=1)
@@ -61,7 +63,7 @@ def start_chroma(data: Path) -> tuple[subprocess.Popen, int]:
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
-                sys.exit("chroma run did not start")
+                sys.exit("chroma run did not start" + (f": see {log}.out" if log else ""))
             time.sleep(0.1)
 
 

@@ -47,6 +47,7 @@ FTS = "embedding_fulltext_search"
 AUTOMERGE = 16        # FTS5's default is 4
 TOUCH = "max_seq_id"  # a small table of Chroma's: analysing it changes the schema's version
 TIMEOUT = 30.0        # seconds to wait for Chroma's own write lock
+_set_up: set[Path] = set()  # databases this process has seen set up (a run opens its store more than once)
 
 
 def _tables(con: sqlite3.Connection) -> set[str]:
@@ -94,9 +95,12 @@ def write(db: Path) -> str:
 
 
 def ensure(folder: Path) -> None:
-    """Embedded store at folder: set its database up where it is not, from a process of its own.
-    Never fails the caller: without it, a big store is only slower."""
-    db = Path(folder) / DB_FILE
+    """Embedded store at folder: set its database up where it is not, from a process of its own (once a
+    process: the worker's pre-flight check and its own opening both come here). Never fails the caller:
+    without it, a big store is only slower."""
+    db = (Path(folder) / DB_FILE).resolve()
+    if db in _set_up:
+        return  # (they never go stale: nothing to look at again)
     try:
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), str(db)], capture_output=True,
                               text=True, timeout=TIMEOUT + 30)
@@ -104,6 +108,7 @@ def ensure(folder: Path) -> None:
             log.warning("the store's SQLite settings were not written (%s): a big store will be slower",
                         (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
         else:
+            _set_up.add(db)
             log.debug("SQLite settings of %s: %s", db, done.stdout.strip())
     except (OSError, subprocess.SubprocessError) as e:
         log.warning("the store's SQLite settings were not written (%s): a big store will be slower", e)

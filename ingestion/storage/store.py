@@ -138,7 +138,7 @@ class Store:
         self.cfg = cfg
         self._lock_fd = None
         self.stamped = False
-        self.opened_count = 0  # records in the chunks collection when opened (counted once: 0.5 s at 600k)
+        self.opened_count = 0  # records in the chunks collection when opened (counted once: at 620k 0.06 s warm, seconds cold)
         self.broken = ""  # why the store cannot be used any more in this process
         if not cfg.remote_store:
             self._lock(wait, brief=check in (None, "read"))

@@ -818,6 +818,7 @@ class Handler(BaseHTTPRequestHandler):
         state = self.server.state
         seq, fault, faults = state.begin_request()
         status, tokens, inputs = 500, 0, 0
+        counted = False
         try:
             if fault and fault.get("action") == "reset":
                 status = "reset"
@@ -837,9 +838,13 @@ class Handler(BaseHTTPRequestHandler):
             headers.update((name, value) for name, value in state.limiter.headers().items()
                            if keep is None or name in keep)
             headers.update(self._api_headers(started))
+            # Counted before answering, so a client reading /_stats next sees it.
+            state.end_request(status, tokens, inputs)
+            counted = True
             self._send(status, payload, headers)
         finally:
-            state.end_request(status, tokens, inputs)
+            if not counted:
+                state.end_request(status, tokens, inputs)
             self._log(status, started, f" inputs={inputs} tokens={tokens}")
 
     def _api_headers(self, started):

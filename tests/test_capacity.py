@@ -123,7 +123,7 @@ def test_dry_run_projects_the_store_at_the_end_of_the_queue(project):
     assert out.returncode == 0, out.stderr
     assert "capacity plan: store after the queue: 123 vectors of 1536 dimensions (0 now + 123 from 2 pending " \
            "files, counted)" in out.stdout
-    index = 123 * (1536 * 4 + capacity.INDEX_BYTES_PER_VECTOR) / MB
+    index = capacity.index_bytes(123, 1536) / MB
     worker = capacity.WORKER_BASE_BYTES / MB + index
     run = worker + (capacity.FORK_SERVER_BYTES + 2 * capacity.CHILD_BYTES) / MB  # (2 files: 2 children at most)
     assert f"index ~{index:,.0f} MB, worker ~{worker:,.0f} MB, whole run ~{run:,.0f} MB with 2 files at a time" \

@@ -983,7 +983,7 @@ SIZING_HEADER = "| Transcripts | Vectors"
 
 
 def bytes_per_vector(dims: int) -> float:
-    """The index's RAM a vector: the capacity plan's measured figures (4 bytes a dimension and the graph's
+    """The index's RAM a vector: the capacity plan's measured figures (4.4 bytes a dimension and the graph's
     share, which does not shrink with the dimensions), the one place they are kept."""
     from ingestion.run import capacity
 

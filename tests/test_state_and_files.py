@@ -227,7 +227,7 @@ def test_capacity_warning_before_the_embedded_index_outgrows_memory(cfg, monkeyp
     monkeypatch.setattr(worker.procinfo, "memory_budget_bytes", lambda: 4 * 2**30)  # a 4 GB machine
     assert worker.capacity_warning(cfg, 100_000) is None
     warning = worker.capacity_warning(cfg, 550_000)
-    # (the plan's measured constants: ~544,000 vectors of 1536 dimensions in 90% of 4 GB with 4 children)
+    # (the plan's measured constants: ~498,000 vectors of 1536 dimensions in 90% of 4 GB with 4 children)
     assert f"room for about {capacity.most_vectors(4 * 2**30, 1536, 4):,}." in warning and "CHROMA_HOST" in warning
     monkeypatch.setenv("EMBEDDING_DIMENSIONS", "512")  # a third of the dimensions: three times the room
     assert worker.capacity_warning(settings.load(), 550_000) is None

@@ -42,7 +42,11 @@ MB = 2**20
 #   group peak (memory.max_usage_in_bytes: rss + page cache), 4 children, minus the index:
 #     256 dims: 229 MB (478 vectors), 224 MB (26,478); 1536 dims: 255 MB (486), 240 MB (10,477)
 #   so WORKER_BASE + FORK_SERVER + 4 CHILD = 270 MB covers every point (+6% over the largest)
-INDEX_BYTES_PER_DIMENSION = 4  # a float32 a dimension
+# At the seed's size (bench/scale.py, bench/RESULTS.md "Scale": the worker's peak RSS over 200 files into a
+# store of 620,035 vectors): 1,741 MB at 512 dims (2,724 B a vector beyond the worker's 130 MB), 4,218 MB
+# at 1536 (6,914 B): a float32 a dimension fell 8% short there (the index's arrays grow ahead of their
+# count, by Chroma's resize_factor 1.2), a tenth more fits both: +1% at 512 dims, +4% at 1536
+INDEX_BYTES_PER_DIMENSION = 4.4  # a float32 a dimension, and the tenth the index keeps ahead of its count
 INDEX_BYTES_PER_VECTOR = 440  # beyond the floats: HNSW links (M=16), labels, Chroma's id map
 WORKER_BASE_BYTES = 130 * MB  # the worker with its store open, before any vector (measured 126 MB)
 FORK_SERVER_BYTES = 100 * MB  # the fork server's own pages (measured with the children: group peak - worker)

@@ -51,7 +51,9 @@ INDEX_BYTES_PER_VECTOR = 440  # beyond the floats: HNSW links (M=16), labels, Ch
 WORKER_BASE_BYTES = 130 * MB  # the worker with its store open, before any vector (measured 126 MB)
 FORK_SERVER_BYTES = 100 * MB  # the fork server's own pages (measured with the children: group peak - worker)
 CHILD_BYTES = 10 * MB  # each child's pages beyond those it shares with the fork server
-SERVER_BASE_BYTES = 200 * MB  # a `chroma run` server with an empty store (a guess: not measured)
+# a `chroma run` server (bench/scale.py --server, results/scale-seed-512-server.json): 183 MB peak with an
+# empty store, 1,751 MB holding 620,035 vectors of 512 dims, where the plan says 1,792 (+2%)
+SERVER_BASE_BYTES = 200 * MB
 # disk: bench/scale.py (bench/RESULTS.md, "Scale"): a store of 100,035 vectors x 1536 dims in the project's
 # format (chunk text of the real transcripts' lengths, its metadata, file records) took 2,122,234,114 bytes,
 # 21.2 KB a vector (REFERENCE's 200,000-vector store, 16 KB a vector, held shorter texts); the log keeps
